@@ -1,0 +1,76 @@
+# One command builds the book, one runs the tests; each creates .venv from requirements.txt first.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+SMOKE := _build/smoke
+# Data search path for the image chapters and tests (a user may point it elsewhere).
+export MIMLIB_DATA ?= $(abspath ../shared/data)
+export MIMLIB_PROGRESS ?= 0
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.py))
+# Chapters whose committed outputs nbval re-checks directly (exact, fast); the others train models
+# and are checked through their smoke runs.
+THEORY := $(filter book/01_% book/02_% book/03_%,$(CHAPTERS))
+EXPERIMENTS := $(filter-out $(THEORY),$(CHAPTERS))
+
+.PHONY: help venv book test unit smoke nbval book-strict notebooks clean
+
+help:
+	@echo "make book   - render the book from the committed notebooks into _build/html"
+	@echo "make test   - unit tests, every chapter via papermill (smoke preset), nbval, strict book build"
+	@echo "make notebooks - re-execute every chapter with its committed (book) preset (long)"
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+book: venv
+	$(BIN)/jupyter-book build . --builder html
+	@echo "Open _build/html/index.html"
+
+test: unit smoke nbval book-strict
+
+unit: venv
+	$(BIN)/pytest tests -q
+
+# Every chapter, executed from its .py source with the fast preset; outputs go to _build/smoke.
+smoke: venv
+	@mkdir -p $(SMOKE)/results $(SMOKE)/runs
+	@for py in $(CHAPTERS); do \
+	  nb=$(SMOKE)/$$(basename $${py%.py}).ipynb; \
+	  echo "papermill (smoke): $$py"; \
+	  $(BIN)/jupytext --quiet --to ipynb --output $(SMOKE)/src.ipynb $$py || exit 1; \
+	  $(BIN)/papermill --log-level WARNING -k python3 --cwd book $(SMOKE)/src.ipynb $$nb \
+	    -p preset smoke -p results_dir $(abspath $(SMOKE)/results) -p runs_dir $(abspath $(SMOKE)/runs) \
+	    || exit 1; \
+	done
+	@rm -f $(SMOKE)/src.ipynb
+
+# The committed theory notebooks are re-executed and their checked outputs compared;
+# the experiment chapters' smoke outputs are re-executed (loading their runs) and compared.
+nbval: venv smoke
+	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  book/index.ipynb $(THEORY:.py=.ipynb) $(patsubst book/%.py,$(SMOKE)/%.ipynb,$(EXPERIMENTS))
+
+book-strict: venv
+	$(BIN)/jupyter-book build . --builder html -W -n --keep-going --all
+
+# Re-run every chapter with its book preset and write the executed notebook back (long; see README).
+notebooks: venv
+	@for py in $(CHAPTERS) book/index.py; do \
+	  echo "executing $$py"; \
+	  $(BIN)/jupytext --quiet --to ipynb --set-kernel python3 $$py && \
+	  (cd book && ../$(BIN)/jupyter execute --inplace --timeout=-1 $$(basename $${py%.py}).ipynb) || exit 1; \
+	done
+
+clean:
+	rm -rf _build

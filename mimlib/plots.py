@@ -1,0 +1,98 @@
+"""Figure helpers shared by the chapters (matplotlib + seaborn)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.patches import Ellipse
+
+from .data import mixture_log_density, sample_mixture
+
+__all__ = ["OBJECTIVE_COLORS", "plot_mixture_panels", "plot_metric_sweep"]
+
+OBJECTIVE_COLORS = {"mim": "tab:blue", "vae": "tab:red", "amim": "tab:green"}
+OBJECTIVE_NAMES = {"mim": "MIM", "vae": "VAE", "amim": "A-MIM"}
+
+
+def _density_contours(ax, lim: float = 2.2):
+    g = torch.linspace(-lim, lim, 200)
+    xx, yy = torch.meshgrid(g, g, indexing="xy")
+    dens = mixture_log_density(torch.stack([xx, yy], -1)).exp()
+    ax.contour(xx.numpy(), yy.numpy(), dens.numpy(), levels=6, colors="k", linewidths=0.6)
+
+
+@torch.no_grad()
+def plot_mixture_panels(models: dict, hidden: list[int], results: pd.DataFrame,
+                        objectives: tuple[str, ...] = ("vae", "mim"), seed_index: int = 0,
+                        n_points: int = 400, n_ellipses: int = 150, seed: int = 0):
+    """Paper Fig. 1: per width, VAE and MIM side by side.
+
+    Top row: level sets of P(x) (black) and reconstructions x' ~ p(x|z'), z' ~ q(z|x0)
+    for x0 ~ P(x) (red). Bottom row: one-std ellipses of q(z|x0) (green) and the
+    one-std circle of P(z) (dashed). Titles give that seed's KSG MI and
+    reconstruction error (distance to a decoder sample).
+    """
+    cols = [(h, o) for h in hidden for o in objectives]
+    fig, axes = plt.subplots(2, len(cols), figsize=(2.4 * len(cols), 5.0), squeeze=False)
+    g = torch.Generator().manual_seed(seed)
+    x0, _ = sample_mixture(n_points, g)
+    for j, (h, obj) in enumerate(cols):
+        model = models[(obj, h)].select(seed_index)
+        torch.manual_seed(seed)
+        q = model.encoder(x0)
+        z = q.sample()
+        x_rec = model.decoder(z).sample()[0]
+        top, bottom = axes[0, j], axes[1, j]
+        _density_contours(top)
+        top.scatter(x_rec[:, 0], x_rec[:, 1], s=3, c="red", alpha=0.6, linewidths=0)
+        row = results[(results.objective == obj) & (results.hidden == h)].iloc[seed_index]
+        top.set_title(f"{OBJECTIVE_NAMES[obj]}, H={h}\nMI={row.mi_ksg:.2f}, err={row.recon_sample:.2f}",
+                      fontsize=9)
+        mean, std = q.mean[0].numpy(), q.stddev[0].numpy()
+        for i in range(min(n_ellipses, n_points)):
+            bottom.add_patch(Ellipse(mean[i], 2 * std[i, 0], 2 * std[i, 1], fill=False,
+                                     ec="tab:green", lw=0.5, alpha=0.7))
+        bottom.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls="--", ec="k", lw=1.0))
+        for ax, lim in ((top, 2.2), (bottom, 3.5)):
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("x space")
+    axes[1, 0].set_ylabel("z space")
+    fig.tight_layout()
+    return fig
+
+
+METRIC_LABELS = {"mi_ksg": "MI (KSG, nats)", "nll_is": "NLL, importance sampled (nats)",
+                 "nll_single": "NLL, one-sample bound (nats)", "recon_mean": "recon. error, decoder mean",
+                 "recon_sample": "recon. error, decoder sample", "knn5": "5-NN accuracy"}
+
+
+def plot_metric_sweep(results: pd.DataFrame, metrics: list[str], reference: pd.DataFrame | None = None):
+    """Paper Fig. 3: each metric against the hidden width, mean +/- one std over seeds,
+    with the reference code's figures as open markers where given."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        sns.lineplot(data=results, x="hidden", y=m, hue="objective", palette=OBJECTIVE_COLORS,
+                     errorbar="sd", marker="o", ax=ax, legend=ax is axes[0, 0])
+        if reference is not None:
+            ref = reference[reference.metric == m]
+            for obj, r in ref.groupby("objective"):
+                ax.plot(r.hidden, r.value, ls=":", marker="s", mfc="none", color=OBJECTIVE_COLORS[obj],
+                        label=f"{obj} (reference code)")
+        ax.set_xscale("log")
+        ax.set_xlabel("hidden units H")
+        ax.set_ylabel(METRIC_LABELS.get(m, m))
+    h, l = axes[0, 0].get_legend_handles_labels()
+    if axes[0, 0].get_legend() is not None:
+        axes[0, 0].get_legend().remove()
+    fig.legend(h, l, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout()
+    return fig

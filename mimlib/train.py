@@ -1,0 +1,286 @@
+"""One fit loop for every objective and every model.
+
+``fit`` trains with Adam, warms the KL/MIM weight up, stops early on a
+validation loss (per model, for the batched 2-D models), checkpoints every
+epoch (atomically) and resumes from the last checkpoint, refuses to go on past
+a non-finite loss, and returns the history as a DataFrame. A run folder whose
+training has finished is loaded instead of trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .objectives import Loss
+
+__all__ = ["FitConfig", "FitResult", "fit", "beta_schedule", "atomic_save", "config_hash"]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Optimisation settings (paper appendix D; defaults are the 2-D study's)."""
+
+    lr: float = 1e-3
+    max_epochs: int = 200
+    patience: int = 10           # epochs without a better validation loss before stopping
+    warmup_epochs: int = 0       # KL/MIM weight beta = min(1, (epoch + 1) / warmup_epochs)
+    seed: int = 0                # seeds the sampling noise of the objectives
+    min_delta: float = 0.0       # an improvement must beat the best loss by more than this
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the history (one row per epoch and model) and where each model stopped."""
+
+    history: pd.DataFrame
+    best_epoch: list[int]
+    stop_epoch: list[int]
+    best_val_loss: list[float]
+    seconds: float
+    resumed_from: int | None = None
+    loaded: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def beta_schedule(epoch: int, warmup_epochs: int) -> float:
+    """KL/MIM weight of epoch ``epoch`` (0-based): min(1, (epoch + 1) / warmup_epochs)."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, (epoch + 1) / warmup_epochs)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able configuration (names run folders)."""
+    import hashlib
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _batched_dim(model: torch.nn.Module) -> int | None:
+    """Number of stacked models if every parameter carries them in dim 0, else None."""
+    n = getattr(model, "n_models", None)
+    if n is None:
+        return None
+    if not all(p.shape[0] == n for p in model.parameters()):
+        raise ValueError("model.n_models is set but not every parameter has it as its first dimension")
+    return n
+
+
+def _nonfinite_message(epoch: int, step: int, loss: Loss, per_model: torch.Tensor) -> str:
+    bad = (~torch.isfinite(per_model)).nonzero().flatten().tolist() if per_model.dim() else []
+    terms = {}
+    for name, t in loss.terms.items():
+        t = t.float()
+        terms[name] = t.mean(-1).tolist() if t.dim() > 1 else float(t.mean())
+    where = f" (models {bad})" if bad else ""
+    return (f"non-finite training loss at epoch {epoch}, step {step}{where}: "
+            f"loss per model = {per_model.tolist()}; mean loss terms = {terms}. "
+            "Lower the learning rate, raise the std floor, or check the data.")
+
+
+@torch.no_grad()
+def _validate(model, objective, val_batches: Callable[[], Iterable[torch.Tensor]], seed: int) -> torch.Tensor:
+    """Mean validation loss per model at beta = 1, under a fixed noise seed (so epochs compare fairly)."""
+    total, count = None, 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for xb in val_batches():
+            v = objective(model, xb, beta=1.0).value
+            n = v.shape[-1]
+            s = v.sum(-1)
+            total = s if total is None else total + s
+            count += n
+    return total / count
+
+
+def fit(model: torch.nn.Module,
+        objective: Callable[..., Loss],
+        train_batches: Callable[[int], Iterable[torch.Tensor]],
+        val_batches: Callable[[], Iterable[torch.Tensor]],
+        config: FitConfig = FitConfig(),
+        run_dir: str | Path | None = None,
+        run_config: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[int, torch.nn.Module], dict[str, Any] | None] | None = None,
+        progress: bool | None = None,
+        desc: str = "fit") -> FitResult:
+    """Train ``model`` on ``objective`` until every model's validation loss stalls.
+
+    ``train_batches(epoch)`` yields the mini-batches of an epoch (a function of
+    the epoch, so a resumed run sees the same data); ``val_batches()`` yields
+    the fixed validation batches. Per model (models stacked in dim 0 of every
+    parameter when ``model.n_models`` is set), the best validation loss after
+    the warm-up is tracked; a model stops counting after ``patience`` epochs
+    without improvement and its best parameters are restored at the end.
+    Training ends when every model has stopped or at ``max_epochs``.
+
+    With ``run_dir``, a checkpoint is written atomically after every epoch and
+    a later call resumes from it; a finished run (``final.pt``) is loaded
+    instead of retrained. ``run_config`` (JSON-able) is stored and must match on
+    resume. ``on_epoch_end(epoch, model)`` may return extra history columns.
+    """
+    n_models = _batched_dim(model)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    stored_config = {"fit": asdict(config), "run": run_config or {}}
+    stored_json = json.loads(json.dumps(stored_config, default=str))
+    if run_dir is not None:
+        final = run_dir / "final.pt"
+        if final.exists():
+            state = torch.load(final, weights_only=False)
+            _check_config(state["config"], stored_json, final)
+            model.load_state_dict(state["model"])
+            res = state["result"]
+            return FitResult(pd.DataFrame(res["history"]), res["best_epoch"], res["stop_epoch"],
+                             res["best_val_loss"], res["seconds"], res.get("resumed_from"), loaded=True)
+
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    shape = (n_models,) if n_models else ()
+    best_loss = torch.full(shape, math.inf)
+    best_epoch = torch.full(shape, -1, dtype=torch.long)
+    bad_epochs = torch.zeros(shape, dtype=torch.long)
+    stop_epoch = torch.full(shape, -1, dtype=torch.long)
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rows: list[dict[str, Any]] = []
+    start_epoch, seconds, resumed_from = 0, 0.0, None
+    torch.manual_seed(config.seed)
+
+    ckpt_path = run_dir / "checkpoint.pt" if run_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        _check_config(ck["config"], stored_json, ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        best_state, rows = ck["best_state"], ck["history"]
+        best_loss, best_epoch, bad_epochs, stop_epoch = (ck["best_loss"], ck["best_epoch"],
+                                                         ck["bad_epochs"], ck["stop_epoch"])
+        start_epoch, seconds = ck["epoch"] + 1, ck["seconds"]
+        torch.set_rng_state(ck["rng"])
+        resumed_from = ck["epoch"]
+
+    show = progress if progress is not None else os.environ.get("MIMLIB_PROGRESS", "1") != "0"
+    bar = tqdm(range(start_epoch, config.max_epochs), desc=desc, disable=not show,
+               initial=start_epoch, total=config.max_epochs, leave=False)
+    for epoch in bar:
+        if bool((stop_epoch >= 0).all()):
+            break
+        t0 = time.perf_counter()
+        beta = beta_schedule(epoch, config.warmup_epochs)
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        n_seen = 0
+        # Models that have stopped keep their best parameters aside; only running ones must stay finite.
+        active = stop_epoch < 0
+        for step, xb in enumerate(train_batches(epoch)):
+            loss = objective(model, xb, beta=beta)
+            per_model = loss.value.mean(-1)
+            if not bool(torch.isfinite(per_model[active]).all()):
+                raise FloatingPointError(_nonfinite_message(epoch, step, loss, per_model.detach()))
+            opt.zero_grad(set_to_none=True)
+            per_model[active].sum().backward()
+            opt.step()
+            n = loss.value.shape[-1]
+            n_seen += n
+            for name, t in [("train_loss", loss.value.detach()), *loss.terms.items()]:
+                sums[name] = sums.get(name, 0) + t.sum(-1)
+        model.eval()
+        val = _validate(model, objective, val_batches, seed=config.seed + 7919)
+        if not bool(torch.isfinite(val[active]).all()):
+            raise FloatingPointError(f"non-finite validation loss at epoch {epoch}: {val.tolist()}")
+
+        # Early stopping, per model, once the warm-up is over.
+        if beta >= 1.0:
+            improved = active & (val < best_loss - config.min_delta)
+            best_loss = torch.where(improved, val, best_loss)
+            best_epoch = torch.where(improved, torch.tensor(epoch), best_epoch)
+            bad_epochs = torch.where(improved, torch.zeros_like(bad_epochs), bad_epochs + active.long())
+            stop_epoch = torch.where(active & (bad_epochs >= config.patience), torch.tensor(epoch), stop_epoch)
+            _update_best(best_state, model, improved, n_models)
+        seconds += time.perf_counter() - t0
+
+        extra = on_epoch_end(epoch, model) if on_epoch_end is not None else None
+        for i in range(n_models or 1):
+            pick = (lambda t: float(t[i])) if n_models else (lambda t: float(t))
+            row = {"epoch": epoch, "model": i, "beta": beta, "examples": (epoch + 1) * n_seen,
+                   "val_loss": pick(val), "seconds": seconds}
+            row.update({k: pick(v) / n_seen for k, v in sums.items()})
+            if extra:
+                row.update({k: (v[i] if n_models and hasattr(v, "__len__") else v) for k, v in extra.items()})
+            rows.append(row)
+        bar.set_postfix(beta=f"{beta:.2f}", val=f"{float(val.float().mean()):.3f}",
+                        running=int((stop_epoch < 0).sum()))
+        if ckpt_path is not None:
+            atomic_save({"config": stored_json, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "best_state": best_state, "history": rows, "best_loss": best_loss,
+                         "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stop_epoch": stop_epoch,
+                         "epoch": epoch, "seconds": seconds, "rng": torch.get_rng_state()}, ckpt_path)
+    bar.close()
+
+    last_epoch = rows[-1]["epoch"] if rows else -1
+    never = best_epoch < 0  # warm-up longer than the run: keep the last parameters
+    if bool(never.any()):
+        _update_best(best_state, model, never, n_models)
+    model.load_state_dict(best_state)
+    stop = torch.where(stop_epoch >= 0, stop_epoch, torch.tensor(last_epoch))
+    result = FitResult(pd.DataFrame(rows), _tolist(best_epoch), _tolist(stop), _tolist(best_loss),
+                       seconds, resumed_from)
+    if run_dir is not None:
+        atomic_save({"config": stored_json, "model": model.state_dict(),
+                     "result": {"history": rows, "best_epoch": result.best_epoch, "stop_epoch": result.stop_epoch,
+                                "best_val_loss": result.best_val_loss, "seconds": seconds,
+                                "resumed_from": resumed_from}}, run_dir / "final.pt")
+        ckpt_path.unlink(missing_ok=True)
+    return result
+
+
+def _tolist(t: torch.Tensor) -> list:
+    return t.tolist() if t.dim() else [t.item()]
+
+
+def _update_best(best_state: dict[str, torch.Tensor], model: torch.nn.Module,
+                 mask: torch.Tensor, n_models: int | None) -> None:
+    if not bool(mask.any()):
+        return
+    for k, v in model.state_dict().items():
+        if n_models:
+            best_state[k][mask] = v.detach()[mask]
+        else:
+            best_state[k] = v.detach().clone()
+
+
+def _check_config(stored: dict, current: dict, path: Path) -> None:
+    if stored != current:
+        raise ValueError(f"{path} was written with a different configuration:\n  stored:  {stored}\n"
+                         f"  current: {current}\nUse another run folder or delete this one.")
