@@ -33,14 +33,14 @@ def plot_mixture_panels(models: dict, hidden: list[int], results: pd.DataFrame,
     """Paper Fig. 1: per width, VAE and MIM side by side.
 
     Top row: level sets of P(x) (black) and reconstructions x' ~ p(x|z'), z' ~ q(z|x0)
-    for x0 ~ P(x) (red). Bottom row: one-std ellipses of q(z|x0) (green) and the
-    one-std circle of P(z) (dashed). Titles give that seed's KSG MI and
+    for x0 ~ P(x) (red). Bottom row: one-std ellipses of q(z|x0) (green), the posterior
+    means coloured by the mixture component of x0, and the one-std circle of P(z) (dashed). Titles give that seed's KSG MI and
     reconstruction error (distance to a decoder sample).
     """
     cols = [(h, o) for h in hidden for o in objectives]
     fig, axes = plt.subplots(2, len(cols), figsize=(2.4 * len(cols), 5.0), squeeze=False)
     g = torch.Generator().manual_seed(seed)
-    x0, _ = sample_mixture(n_points, g)
+    x0, labels = sample_mixture(n_points, g)
     for j, (h, obj) in enumerate(cols):
         model = models[(obj, h)].select(seed_index)
         torch.manual_seed(seed)
@@ -54,6 +54,8 @@ def plot_mixture_panels(models: dict, hidden: list[int], results: pd.DataFrame,
         top.set_title(f"{OBJECTIVE_NAMES[obj]}, H={h}\nMI={row.mi_ksg:.2f}, err={row.recon_sample:.2f}",
                       fontsize=9)
         mean, std = q.mean[0].numpy(), q.stddev[0].numpy()
+        bottom.scatter(mean[:, 0], mean[:, 1], c=labels.numpy(), cmap="tab10", vmin=0, vmax=9, s=2,
+                       alpha=0.8, linewidths=0, zorder=3)
         for i in range(min(n_ellipses, n_points)):
             bottom.add_patch(Ellipse(mean[i], 2 * std[i, 0], 2 * std[i, 1], fill=False,
                                      ec="tab:green", lw=0.5, alpha=0.7))
@@ -72,12 +74,15 @@ def plot_mixture_panels(models: dict, hidden: list[int], results: pd.DataFrame,
 
 METRIC_LABELS = {"mi_ksg": "MI (KSG, nats)", "nll_is": "NLL, importance sampled (nats)",
                  "nll_single": "NLL, one-sample bound (nats)", "recon_mean": "recon. error, decoder mean",
-                 "recon_sample": "recon. error, decoder sample", "knn5": "5-NN accuracy"}
+                 "recon_sample": "recon. error, decoder sample", "knn5": "5-NN accuracy",
+                 "enc_std": "mean posterior std of q(z|x)"}
 
 
-def plot_metric_sweep(results: pd.DataFrame, metrics: list[str], reference: pd.DataFrame | None = None):
+def plot_metric_sweep(results: pd.DataFrame, metrics: list[str], reference: pd.DataFrame | None = None,
+                      hlines: dict[str, tuple[float, str]] | None = None):
     """Paper Fig. 3: each metric against the hidden width, mean +/- one std over seeds,
-    with the reference code's figures as open markers where given."""
+    with the reference code's figures as open markers where given, and optional
+    horizontal reference lines ``hlines[metric] = (value, label)``."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         sns.lineplot(data=results, x="hidden", y=m, hue="objective", palette=OBJECTIVE_COLORS,
@@ -87,10 +92,17 @@ def plot_metric_sweep(results: pd.DataFrame, metrics: list[str], reference: pd.D
             for obj, r in ref.groupby("objective"):
                 ax.plot(r.hidden, r.value, ls=":", marker="s", mfc="none", color=OBJECTIVE_COLORS[obj],
                         label=f"{obj} (reference code)")
+        if hlines and m in hlines:
+            value, label = hlines[m]
+            ax.axhline(value, color="k", ls="--", lw=1, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("hidden units H")
         ax.set_ylabel(METRIC_LABELS.get(m, m))
-    h, l = axes[0, 0].get_legend_handles_labels()
+    seen: dict[str, object] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    l, h = list(seen), list(seen.values())
     if axes[0, 0].get_legend() is not None:
         axes[0, 0].get_legend().remove()
     fig.legend(h, l, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.08))

@@ -163,7 +163,7 @@ def fit(model: torch.nn.Module,
             _check_config(state["config"], stored_json, final)
             model.load_state_dict(state["model"])
             res = state["result"]
-            return FitResult(pd.DataFrame(res["history"]), res["best_epoch"], res["stop_epoch"],
+            return FitResult(_trim_history(res["history"], res["stop_epoch"]), res["best_epoch"], res["stop_epoch"],
                              res["best_val_loss"], res["seconds"], res.get("resumed_from"), loaded=True)
 
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -211,6 +211,8 @@ def fit(model: torch.nn.Module,
             opt.zero_grad(set_to_none=True)
             per_model[active].sum().backward()
             opt.step()
+            if n_models and not bool(active.all()):
+                _restore(model, best_state, ~active)  # stopped models stay at their best parameters
             n = loss.value.shape[-1]
             n_seen += n
             for name, t in [("train_loss", loss.value.detach()), *loss.terms.items()]:
@@ -232,6 +234,8 @@ def fit(model: torch.nn.Module,
 
         extra = on_epoch_end(epoch, model) if on_epoch_end is not None else None
         for i in range(n_models or 1):
+            if n_models and not bool(active[i]):
+                continue  # stopped before this epoch: no more history
             pick = (lambda t: float(t[i])) if n_models else (lambda t: float(t))
             row = {"epoch": epoch, "model": i, "beta": beta, "examples": (epoch + 1) * n_seen,
                    "val_loss": pick(val), "seconds": seconds}
@@ -254,7 +258,7 @@ def fit(model: torch.nn.Module,
         _update_best(best_state, model, never, n_models)
     model.load_state_dict(best_state)
     stop = torch.where(stop_epoch >= 0, stop_epoch, torch.tensor(last_epoch))
-    result = FitResult(pd.DataFrame(rows), _tolist(best_epoch), _tolist(stop), _tolist(best_loss),
+    result = FitResult(_trim_history(rows, _tolist(stop)), _tolist(best_epoch), _tolist(stop), _tolist(best_loss),
                        seconds, resumed_from)
     if run_dir is not None:
         atomic_save({"config": stored_json, "model": model.state_dict(),
@@ -267,6 +271,22 @@ def fit(model: torch.nn.Module,
 
 def _tolist(t: torch.Tensor) -> list:
     return t.tolist() if t.dim() else [t.item()]
+
+
+def _trim_history(rows: list[dict[str, Any]], stop_epoch: list[int]) -> pd.DataFrame:
+    """History rows up to each model's stopping epoch (runs saved before models were frozen
+    after stopping logged a few epochs more)."""
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    stop = pd.Series(stop_epoch).reindex(df["model"]).to_numpy()
+    return df[df["epoch"].to_numpy() <= stop].reset_index(drop=True)
+
+
+@torch.no_grad()
+def _restore(model: torch.nn.Module, best_state: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+    for k, v in model.state_dict().items():
+        v[mask] = best_state[k][mask]
 
 
 def _update_best(best_state: dict[str, torch.Tensor], model: torch.nn.Module,

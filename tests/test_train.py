@@ -126,6 +126,28 @@ def test_early_stopping_per_model_restores_best():
         assert res.best_val_loss[i] == pytest.approx(hi.val_loss.min(), rel=1e-6)
         assert res.best_epoch[i] == int(hi.loc[hi.val_loss.idxmin(), "epoch"])
         assert res.stop_epoch[i] <= res.best_epoch[i] + 1
+        assert int(hi.epoch.max()) == res.stop_epoch[i]  # no history after a model stopped
+
+
+def test_stopped_models_are_frozen_while_others_train():
+    """A seed that stopped keeps its best parameters while the rest of the batch trains on."""
+    stream = MixtureStream([0, 1, 2], n_train=256)
+    val = stream.validation(256)
+    model = MixtureModel2D(4, [0, 1, 2])
+    snapshots = {}
+
+    def record(epoch, m):
+        snapshots[epoch] = m.enc.heads.weight.detach().clone()
+
+    res = fit(model, get_objective("vae"), lambda e: split_batches(stream.epoch(e), 128),
+              lambda: split_batches(val, 256), FitConfig(max_epochs=40, patience=1, lr=0.02),
+              on_epoch_end=record)
+    first, last = min(res.stop_epoch), max(res.stop_epoch)
+    assert first < last, "need one model to stop before the other for this test"
+    i = res.stop_epoch.index(first)
+    # From the epoch after it stopped, model i sits at its best parameters.
+    for e in range(first + 1, last + 1):
+        assert torch.equal(snapshots[e][i], model.enc.heads.weight[i])
 
 
 def test_presets_and_overrides():
