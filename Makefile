@@ -49,9 +49,10 @@ smoke: venv
 	  nb=$(SMOKE)/$$(basename $${py%.py}).ipynb; \
 	  echo "papermill (smoke): $$py"; \
 	  $(BIN)/jupytext --quiet --to ipynb --output $(SMOKE)/src.ipynb $$py || exit 1; \
+	  dirs=""; grep -q '^results_dir' $$py && dirs="-p results_dir $(abspath $(SMOKE)/results)"; \
+	  grep -q '^runs_dir' $$py && dirs="$$dirs -p runs_dir $(abspath $(SMOKE)/runs)"; \
 	  $(BIN)/papermill --log-level WARNING -k python3 --cwd book $(SMOKE)/src.ipynb $$nb \
-	    -p preset smoke -p results_dir $(abspath $(SMOKE)/results) -p runs_dir $(abspath $(SMOKE)/runs) \
-	    || exit 1; \
+	    -p preset smoke $$dirs || exit 1; \
 	done
 	@rm -f $(SMOKE)/src.ipynb
 
