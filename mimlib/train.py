@@ -188,6 +188,8 @@ def fit(model: torch.nn.Module,
                                                          ck["bad_epochs"], ck["stop_epoch"])
         start_epoch, seconds = ck["epoch"] + 1, ck["seconds"]
         torch.set_rng_state(ck["rng"])
+        if ck.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
         resumed_from = ck["epoch"]
 
     show = progress if progress is not None else os.environ.get("MIMLIB_PROGRESS", "1") != "0"
@@ -249,7 +251,9 @@ def fit(model: torch.nn.Module,
             atomic_save({"config": stored_json, "model": model.state_dict(), "optimizer": opt.state_dict(),
                          "best_state": best_state, "history": rows, "best_loss": best_loss,
                          "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stop_epoch": stop_epoch,
-                         "epoch": epoch, "seconds": seconds, "rng": torch.get_rng_state()}, ckpt_path)
+                         "epoch": epoch, "seconds": seconds, "rng": torch.get_rng_state(),
+                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                        ckpt_path)
     bar.close()
 
     last_epoch = rows[-1]["epoch"] if rows else -1
