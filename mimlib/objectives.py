@@ -32,7 +32,8 @@ from torch import distributions as td
 
 from .distributions import draw
 
-__all__ = ["Loss", "LatentVariableModel", "vae", "mim", "amim", "OBJECTIVES", "get_objective"]
+__all__ = ["Loss", "LatentVariableModel", "vae", "mim", "amim", "OBJECTIVES", "get_objective",
+           "leave_one_out_baseline", "score_function_surrogate"]
 
 
 class LatentVariableModel(Protocol):
@@ -97,6 +98,27 @@ def _mim_encoder_term(model: LatentVariableModel, x: torch.Tensor, beta: float,
                    "enc/log q(z|x)": log_qzx.detach(), "enc/log q(x)": lqx.detach()}
 
 
+def leave_one_out_baseline(f: torch.Tensor) -> torch.Tensor:
+    """b_i = mean of f_j over j != i along the last (batch) dimension; 0 for a batch of one."""
+    n = f.shape[-1]
+    if n < 2:
+        return torch.zeros_like(f)
+    return (f.sum(-1, keepdim=True) - f) / (n - 1)
+
+
+def score_function_surrogate(f: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
+    r"""A term whose value is 0 and whose gradient is (f - b) grad log_prob (REINFORCE).
+
+    ``f`` is the per-example cost whose expectation over the non-reparameterised
+    sample is wanted, ``log_prob`` the log-density of that sample (differentiable),
+    b the :func:`leave_one_out_baseline` of f. Returns s - stop_grad(s) with
+    s = stop_grad(f - b) * log_prob, which is exactly zero for finite s.
+    """
+    f = f.detach()
+    s = (f - leave_one_out_baseline(f)) * log_prob
+    return s - s.detach()
+
+
 def _mim_decoder_term(model: LatentVariableModel, batch_shape: torch.Size, beta: float,
                       log_qx: LogMarginal | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""Decoder-sampled MIM term, Algorithm 1 lines 7-11.
@@ -105,6 +127,23 @@ def _mim_decoder_term(model: LatentVariableModel, batch_shape: torch.Size, beta:
     -1/2 [log p(x|z) + log p(z) + beta (log q(z|x) + log q(x))]. Without an
     exact ``log_qx``, log q(x) ~= log p(x|z) (Eq. (14) with one sample, line 10),
     which gives line 11 at beta = 1.
+
+    Decoders without ``rsample`` (the Bernoulli image decoders). Here x is a
+    plain sample, so the pathwise gradient misses the dependence of the
+    sampling distribution p(x|z) on the parameters (and on z). Our choice: keep
+    the *sampled binary* x (not the decoder mean, which is not a draw of the
+    model) and add the score-function (REINFORCE) part of the gradient,
+
+        grad E_{p(x|z)}[f(x, z)] = E[grad f(x, z)] + E[(f(x, z) - b) grad log p(x|z)],
+
+    with f the per-example value of this term and b a leave-one-out baseline,
+    b_i = mean of f over the *other* examples of the batch (last dimension).
+    b_i does not depend on x_i, so it leaves the gradient unbiased while
+    removing most of the variance of f's large common offset. The surrogate
+    s - stop_grad(s), s = stop_grad(f - b) log p(x|z), is added to the value:
+    it is exactly 0 in the forward pass, so the returned loss *value* is
+    unchanged, and its gradient is the score-function term. The reparameterised
+    path (decoders with ``rsample``) is left exactly as it was.
     """
     anchor = model.anchor()
     z = draw(anchor.expand(batch_shape)) if anchor.batch_shape != batch_shape else draw(anchor)
@@ -115,6 +154,8 @@ def _mim_decoder_term(model: LatentVariableModel, batch_shape: torch.Size, beta:
     log_qzx = model.encoder(x).log_prob(z)
     lqx = log_qx(x) if log_qx is not None else log_pxz
     value = -0.5 * (log_pxz + log_pz + beta * (log_qzx + lqx))
+    if not p_xz.has_rsample and torch.is_grad_enabled() and log_pxz.requires_grad:
+        value = value + score_function_surrogate(value, log_pxz)
     return value, {"dec/log p(x|z)": log_pxz.detach(), "dec/log p(z)": log_pz.detach(),
                    "dec/log q(z|x)": log_qzx.detach(), "dec/log q(x)": lqx.detach()}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .image_study import ImageStudyConfig
 from .mixture2d import Mixture2DConfig
 
 __all__ = ["PRESETS", "resolve"]
@@ -25,9 +26,29 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Appendix D.1 as written: patience 10, no warm-up, no epoch cap short of 1000.
         "paper": dict(warmup_epochs=0, max_epochs=1000, nll_samples=1000),
     },
+    "images": {
+        # CI: 500 training images, 2 epochs of 3 steps, tiny evaluation subsets; every code path of
+        # the book run (bf16, channels last, learning curves, VampPrior with K = 500).
+        "smoke": dict(preset="smoke", n_train_subset=500, n_val_subset=200, steps_per_epoch=3, max_epochs=2,
+                      warmup_epochs=1, patience=2, precision="bf16", channels_last=True, eval_precision="bf16",
+                      curve_knn_train=500, curve_knn_val=200, n_knn_train=1_000, n_eval_test=500,
+                      nll_samples=10, n_nll_points=100, au_samples=2),
+        # The committed run, sized for a 2-core CPU (two single-thread jobs side by side, each dataset's
+        # four runs within 2.5 h wall; arithmetic in book/05_images.py): 16 epochs of 250 steps (4,000
+        # steps = 400,000 images = 8 passes over the 50k training images) for every model, KL/MIM weight
+        # 1 from the 4th epoch on (after 750 steps), early stopping on 2,000 validation images with
+        # patience 5, bf16 autocast + channels last; evaluation on all 50k / 10k images, NLL with 100
+        # importance samples on 1,000 test images.
+        "book": dict(preset="book", steps_per_epoch=250, max_epochs=16, warmup_epochs=4, patience=5,
+                     n_val_subset=2_000, precision="bf16", channels_last=True, eval_precision="bf16",
+                     nll_samples=100, n_nll_points=1_000),
+        # Appendix D.2 / the reference code: lr 5e-4, batch 100, up to 2000 one-pass epochs, patience 50,
+        # warm-up 100 epochs, 5,000 importance samples on all 10k test images, float32. Meant for a GPU.
+        "paper": dict(preset="paper", device="auto"),
+    },
 }
 
-_CONFIGS = {"mixture2d": Mixture2DConfig}
+_CONFIGS = {"mixture2d": Mixture2DConfig, "images": ImageStudyConfig}
 
 
 def resolve(study: str, preset: str, **overrides: Any):

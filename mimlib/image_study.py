@@ -1,0 +1,583 @@
+"""The image study (paper section 5, appendix D.2, Table 1, Fig. 2), end to end.
+
+One run = one convHVAE (:class:`mimlib.nets.hvae.ConvHVAE`) trained on one
+dataset (MNIST or Fashion-MNIST) with one prior (standard ``S`` or VampPrior
+``VP``) and one objective (``mim`` or ``vae``) from one seed:
+
+* :func:`train_model` trains it with :func:`mimlib.train.fit` in a run folder
+  named from the configuration's hash (checkpoint after every epoch, exact
+  resume, a finished run is loaded from ``final.pt``);
+* :func:`evaluate_model` computes the row of ``results/images.csv``: k-NN
+  accuracy (k = 1, 3, 5, 10) of the 80-D latent, sampled (the paper's) and at
+  the mean, fit on the training images and scored on the test images; the
+  importance-sampled test NLL; the reconstruction term -log p(x|z); the number
+  of active units. The row is cached in the run folder;
+* :func:`run_study` loops over datasets, priors, objectives and seeds.
+
+An *epoch* is ``steps_per_epoch`` optimiser steps when that is set (the batches
+continue through successive shuffled, dynamically binarised passes over the
+training images, so nothing is skipped or repeated within a pass), else one
+full pass. Warm-up, early stopping and the learning curves count in these
+epochs.
+
+Command line, one run in the background (re-running resumes from the checkpoint,
+a finished run is only evaluated)::
+
+    python -m mimlib.image_study --preset book --dataset mnist --prior standard \\
+        --objective mim --threads 1 [--seed 0] [--runs-dir runs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import images as I
+from . import metrics
+from .nets.hvae import PRECISIONS, ConvHVAE
+from .objectives import get_objective
+from .train import FitConfig, FitResult, config_hash, fit
+
+__all__ = ["ImageStudyConfig", "StudyResult", "load_data", "build_model", "train_model",
+           "evaluate_model", "run_study", "embed", "posterior_means", "active_units",
+           "knn_accuracies", "run_name", "main"]
+
+PRIOR_SHORT = {"standard": "S", "vampprior": "VP"}
+
+
+@dataclass(frozen=True)
+class ImageStudyConfig:
+    """Every setting of one image run; :mod:`mimlib.presets` holds the named presets.
+
+    The defaults follow the paper / reference code (appendix D.2): Adam with lr
+    5e-4, batches of 100, up to 2000 epochs of one pass each, early stopping
+    after 50 epochs without a better validation loss, warm-up of the KL/MIM
+    weight over 100 epochs, VampPrior with 500 pseudo-inputs, 5,000 importance
+    samples per test point, float32.
+    """
+
+    # what is trained
+    dataset: str = "mnist"
+    prior: str = "standard"
+    objective: str = "mim"
+    seed: int = 0
+    preset: str = "custom"            # a label only (written to the results); not part of the run's hash
+    # optimisation
+    lr: float = 5e-4
+    batch_size: int = 100
+    max_epochs: int = 2000
+    steps_per_epoch: int | None = None  # None: an epoch is one pass over the training images
+    warmup_epochs: int = 100
+    patience: int = 50
+    n_train_subset: int | None = None   # train on the first n training images only (smoke)
+    n_val_subset: int | None = None     # early-stopping loss on the first n validation images
+    n_pseudo: int = 500
+    pseudo_init: str = "normal"         # "normal": N(0.05, 0.01^2) (reference); "data": K training images + noise
+    # speed (do not change the model; change the rounding)
+    precision: str = "fp32"             # "fp32" or "bf16" (autocast of convolutions and dense layers)
+    channels_last: bool = False
+    # learning curves: a cheap k-NN accuracy after every epoch (0 training images = off)
+    curve_knn_train: int = 10_000       # first n training images (fixed binarisation) the classifier is fit on
+    curve_knn_val: int = 2_000          # first n validation images it is scored on
+    curve_k: int = 5
+    # evaluation
+    knn_ks: tuple[int, ...] = (1, 3, 5, 10)
+    n_knn_train: int | None = None      # None: all training images
+    n_eval_test: int | None = None      # None: all 10,000 test images (k-NN, reconstruction, active units)
+    nll_samples: int = 5_000
+    n_nll_points: int | None = None     # None: all test images used for evaluation
+    nll_chunk: int = 10                 # importance samples per forward pass
+    eval_batch: int = 500
+    eval_precision: str = "fp32"
+    au_threshold: float = 0.01
+    au_samples: int = 10                # samples of z2 for E_q[z1] in the active-unit statistic
+    eval_seed: int = 0
+    # where and how
+    threads: int | None = None          # torch intra-op threads (None: leave as is)
+    device: str = "cpu"                 # "cpu", "cuda" or "auto" (cuda if available)
+
+    def __post_init__(self):
+        if self.dataset not in I.DATASETS:
+            raise ValueError(f"dataset must be one of {list(I.DATASETS)}, got {self.dataset!r}")
+        if self.prior not in PRIOR_SHORT:
+            raise ValueError(f"prior must be one of {list(PRIOR_SHORT)}, got {self.prior!r}")
+        get_objective(self.objective)
+        for name in ("precision", "eval_precision"):
+            if getattr(self, name) not in PRECISIONS:
+                raise ValueError(f"{name} must be one of {sorted(PRECISIONS)}, got {getattr(self, name)!r}")
+        if self.pseudo_init not in ("normal", "data"):
+            raise ValueError(f"pseudo_init must be 'normal' or 'data', got {self.pseudo_init!r}")
+        for name in ("batch_size", "max_epochs", "patience", "nll_samples", "nll_chunk", "eval_batch",
+                     "au_samples", "curve_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps_per_epoch", "n_train_subset", "n_val_subset", "n_knn_train", "n_eval_test",
+                     "n_nll_points", "threads"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be None or >= 1, got {v}")
+        if not self.knn_ks or any(k < 1 for k in self.knn_ks):
+            raise ValueError(f"knn_ks must be positive, got {self.knn_ks}")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'auto', got {self.device!r}")
+
+    # -- derived ---------------------------------------------------------------
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(lr=self.lr, max_epochs=self.max_epochs, patience=self.patience,
+                         warmup_epochs=self.warmup_epochs, seed=self.seed)
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def run_key(self) -> dict[str, Any]:
+        """What a trained model (and its training history) depends on: names its run folder.
+
+        Evaluation settings, the preset label, threads and device are left out,
+        so changing them never retrains.
+        """
+        keep = ("dataset", "prior", "objective", "seed", "lr", "batch_size", "max_epochs", "steps_per_epoch",
+                "warmup_epochs", "patience", "n_train_subset", "n_val_subset", "n_pseudo", "pseudo_init",
+                "precision", "channels_last", "curve_knn_train", "curve_knn_val", "curve_k")
+        d = asdict(self)
+        return {"study": "images", "model": "convhvae", **{k: d[k] for k in keep}}
+
+    def eval_key(self) -> dict[str, Any]:
+        """What an evaluation row depends on besides the trained model (names its cache file)."""
+        keep = ("knn_ks", "n_knn_train", "n_eval_test", "nll_samples", "n_nll_points", "nll_chunk",
+                "eval_precision", "au_threshold", "au_samples", "eval_seed")
+        d = asdict(self)
+        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keep}
+
+
+def run_name(cfg: ImageStudyConfig) -> str:
+    """Run folder name: readable fields and the hash of :meth:`ImageStudyConfig.run_key`."""
+    return (f"images-{cfg.dataset}-{PRIOR_SHORT[cfg.prior]}-{cfg.objective}-s{cfg.seed}-"
+            f"{config_hash(cfg.run_key())}")
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def load_data(cfg: ImageStudyConfig, root: str | os.PathLike | None = None) -> I.BinarizedImages:
+    """The 50k / 10k / 10k split of ``cfg.dataset`` (search path: :mod:`mimlib.images`), seeded
+    with ``cfg.seed`` for the dynamic binarisation, cut to ``n_train_subset`` training images."""
+    data = I.load_binarized(cfg.dataset, root, seed=cfg.seed, eval_seed=cfg.eval_seed,
+                            batch_size=cfg.batch_size)
+    return _subset(data, cfg)
+
+
+def _subset(data: I.BinarizedImages, cfg: ImageStudyConfig) -> I.BinarizedImages:
+    data = dataclasses.replace(data, seed=cfg.seed, batch_size=cfg.batch_size)
+    if cfg.n_train_subset is not None and cfg.n_train_subset < data.n_train:
+        n = cfg.n_train_subset
+        data = dataclasses.replace(data, train_u8=data.train_u8[:n], train_labels=data.train_labels[:n])
+    return data
+
+
+def fixed_train_images(data: I.BinarizedImages, n: int | None, eval_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training images binarised once (seed independent of the run's), and their labels."""
+    n = data.n_train if n is None else min(n, data.n_train)
+    return I.fixed_binarization(data.train_u8[:n], 1_000_003 + eval_seed), data.train_labels[:n]
+
+
+def build_model(cfg: ImageStudyConfig, data: I.BinarizedImages | None = None) -> ConvHVAE:
+    """The convHVAE of ``cfg``, initialised from ``torch.manual_seed(cfg.seed)``."""
+    torch.manual_seed(cfg.seed)
+    pseudo: str | torch.Tensor = "normal"
+    if cfg.prior == "vampprior" and cfg.pseudo_init == "data":
+        if data is None:
+            raise ValueError("pseudo_init='data' needs the training images")
+        g = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randperm(data.n_train, generator=g)[:cfg.n_pseudo]
+        pseudo = I.to_intensity(data.train_u8[idx])
+    model = ConvHVAE(cfg.prior, n_pseudo=cfg.n_pseudo, pseudo_init=pseudo)
+    return model.to(cfg.torch_device()).set_compute(cfg.precision, cfg.channels_last)
+
+
+def epoch_batches(data: I.BinarizedImages, epoch: int, steps_per_epoch: int | None,
+                  device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+    """The training batches x of epoch ``epoch`` (a pure function of (seed, epoch)).
+
+    Without ``steps_per_epoch`` an epoch is the pass :meth:`BinarizedImages.train_batches`
+    (epoch). With it, epoch e holds global steps e*S .. (e+1)*S - 1 of the sequence of
+    passes 0, 1, 2, ... (each pass shuffled and binarised afresh, last partial batch dropped).
+    """
+    if steps_per_epoch is None:
+        for x, _ in data.train_batches(epoch, device=device):
+            yield x
+        return
+    per_pass = data.num_batches(drop_last=True)
+    if per_pass < 1:
+        raise ValueError(f"{data.n_train} training images make no batch of {data.batch_size}")
+    p, skip = divmod(epoch * steps_per_epoch, per_pass)
+    left = steps_per_epoch
+    while left > 0:
+        for i, (x, _) in enumerate(data.train_batches(p, drop_last=True)):
+            if i < skip:
+                continue   # drawn and dropped: the pass's bits are a sequence from one generator
+            yield x.to(device) if device is not None else x
+            left -= 1
+            if left == 0:
+                return
+        p, skip = p + 1, 0
+
+
+def _batches(x: torch.Tensor, size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    for i in range(0, len(x), size):
+        yield x[i:i + size].to(device)
+
+
+# ----------------------------------------------------------------------------- embeddings and metrics
+
+
+@torch.inference_mode()
+def embed(model: ConvHVAE, x: torch.Tensor, batch: int = 500, generator_seed: int = 0
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Sampled and mean 80-D embeddings [z1, z2] of images ``x`` (N, 1, 28, 28).
+
+    Sampled: z ~ q(z|x) (ancestral: z2 ~ q(z2|x), z1 ~ q(z1|x, z2)), the paper's
+    k-NN input. Mean: the means taken top-down, z2 = E[z2|x] and z1 = mean of
+    q(z1|x, z2 = E[z2|x]). The sampling noise comes from a private seed, so the
+    global random state is untouched.
+    """
+    device = next(model.parameters()).device
+    zs, zm = [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(generator_seed)
+        for xb in _batches(x, batch, device):
+            q = model.encoder(xb)
+            zs.append(q.sample().float().cpu())
+            z2 = q.top.mean
+            z1 = q.conditional(z2).mean
+            zm.append(torch.cat([z1, z2], -1).float().cpu())
+    return torch.cat(zs).numpy(), torch.cat(zm).numpy()
+
+
+@torch.inference_mode()
+def posterior_means(model: ConvHVAE, x: torch.Tensor, n_samples: int = 10, batch: int = 500,
+                    generator_seed: int = 0) -> np.ndarray:
+    """E_q[z|x] per image, (N, 80): exact for z2; for z1, E_{z2 ~ q(z2|x)}[mean of q(z1|x, z2)]
+    averaged over ``n_samples`` draws of z2 (z1's mean depends on z2)."""
+    device = next(model.parameters()).device
+    out = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(generator_seed)
+        for xb in _batches(x, batch, device):
+            q = model.encoder(xb)
+            z2 = q.top.sample((n_samples,))
+            z1 = q.conditional(z2).mean.mean(0)
+            out.append(torch.cat([z1, q.top.mean], -1).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def active_units(means: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    """Burda et al. (2016): unit d is active if Cov_x(E_q[z_d|x]) > threshold.
+
+    ``means``: (N, D) posterior means over N data points. Returns a boolean (D,) mask.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    if means.ndim != 2 or len(means) < 2:
+        raise ValueError(f"need an (N >= 2, D) array of posterior means, got shape {means.shape}")
+    return means.var(axis=0, ddof=1) > threshold
+
+
+def knn_accuracies(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray,
+                   ks: tuple[int, ...] = (1, 3, 5, 10)) -> dict[int, float]:
+    """Test accuracy of k-NN classifiers (Euclidean, uniform votes) for every k, from one neighbour search.
+
+    The same classifier as :func:`mimlib.metrics.knn_accuracy` (scikit-learn's
+    ``KNeighborsClassifier``; a tied vote goes to the smallest label), computed
+    once for the largest k.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    z_train, z_test = np.asarray(z_train, dtype=np.float32), np.asarray(z_test, dtype=np.float32)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    classes, y_idx = np.unique(y_train, return_inverse=True)
+    kmax = max(ks)
+    if kmax > len(z_train):
+        raise ValueError(f"k = {kmax} exceeds the {len(z_train)} training points")
+    nn = NearestNeighbors(n_neighbors=kmax).fit(z_train)
+    idx = nn.kneighbors(z_test, return_distance=False)       # (n_test, kmax), nearest first
+    labels = y_idx[idx]
+    out = {}
+    for k in ks:
+        votes = np.zeros((len(z_test), len(classes)), dtype=np.int64)
+        np.add.at(votes, (np.arange(len(z_test))[:, None], labels[:, :k]), 1)
+        pred = classes[votes.argmax(1)]
+        out[k] = float((pred == y_test).mean())
+    return out
+
+
+class _Curves:
+    """``on_epoch_end`` of :func:`fit`: a cheap k-NN accuracy per epoch (history column ``curve_knn``)."""
+
+    def __init__(self, cfg: ImageStudyConfig, data: I.BinarizedImages, extra: Callable | None = None,
+                 log: bool = False):
+        self.cfg, self.extra, self.log = cfg, extra, log
+        self.t0 = time.perf_counter()
+        self.on = cfg.curve_knn_train > 0 and cfg.curve_knn_val > 0
+        if self.on:
+            self.x_tr, self.y_tr = fixed_train_images(data, cfg.curve_knn_train, cfg.eval_seed)
+            self.x_va, self.y_va = data.val[:cfg.curve_knn_val], data.val_labels[:cfg.curve_knn_val]
+
+    def __call__(self, epoch: int, model: ConvHVAE) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        if self.on:
+            t0 = time.perf_counter()
+            prec = model.precision
+            model.set_compute(self.cfg.eval_precision, model.channels_last)
+            try:
+                _, m_tr = embed(model, self.x_tr, self.cfg.eval_batch)
+                _, m_va = embed(model, self.x_va, self.cfg.eval_batch)
+            finally:
+                model.set_compute(prec, model.channels_last)
+            k = min(self.cfg.curve_k, len(m_tr))
+            row["curve_knn"] = knn_accuracies(m_tr, self.y_tr.numpy(), m_va, self.y_va.numpy(), (k,))[k]
+            row["curve_seconds"] = time.perf_counter() - t0
+        if self.extra is not None:
+            row.update(self.extra(epoch, model) or {})
+        if self.log:
+            knn = f", curve 5-NN {row['curve_knn']:.3f}" if "curve_knn" in row else ""
+            print(f"{time.strftime('%H:%M:%S')} {run_name(self.cfg)}: epoch {epoch + 1}/{self.cfg.max_epochs} "
+                  f"done{knn}, {time.perf_counter() - self.t0:.0f} s since start of this process", flush=True)
+        return row
+
+
+# ----------------------------------------------------------------------------- train / evaluate
+
+
+def train_model(cfg: ImageStudyConfig, runs_dir: str | os.PathLike | None = None,
+                data: I.BinarizedImages | None = None, progress: bool | None = None,
+                on_epoch_end: Callable[[int, torch.nn.Module], dict | None] | None = None,
+                log: bool = False) -> tuple[ConvHVAE, FitResult, I.BinarizedImages]:
+    """Train (or resume, or load) the run of ``cfg``; returns the model at its best epoch.
+
+    The run folder is ``runs_dir / run_name(cfg)``; without ``runs_dir`` nothing
+    is written. ``data`` may be passed to share one loaded dataset between runs
+    (it is re-seeded and cut to ``cfg``). ``on_epoch_end`` is called after the
+    learning-curve callback, and its columns join the history. ``log`` prints a
+    line per epoch (for background runs).
+    """
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    data = load_data(cfg) if data is None else _subset(data, cfg)
+    device = cfg.torch_device()
+    model = build_model(cfg, data)
+    val = data.val if cfg.n_val_subset is None else data.val[:cfg.n_val_subset]
+    run_dir = Path(runs_dir) / run_name(cfg) if runs_dir is not None else None
+    result = fit(model, get_objective(cfg.objective),
+                 train_batches=lambda e: epoch_batches(data, e, cfg.steps_per_epoch, device),
+                 val_batches=lambda: _batches(val, cfg.eval_batch, device),
+                 config=cfg.fit_config(), run_dir=run_dir, run_config=cfg.run_key(),
+                 on_epoch_end=_Curves(cfg, data, on_epoch_end, log), progress=progress,
+                 desc=f"{cfg.dataset} {PRIOR_SHORT[cfg.prior]} {cfg.objective}")
+    model.eval()
+    return model, result, data
+
+
+def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConfig,
+                   result: FitResult | None = None, run_dir: str | os.PathLike | None = None
+                   ) -> dict[str, Any]:
+    """The results row of one trained model.
+
+    * ``knn{k}``: k-NN test accuracy on sampled z ~ q(z|x) (the paper's),
+      ``knn{k}_mean`` on the top-down means; fit on ``n_knn_train`` training
+      images (fixed binarisation), scored on ``n_eval_test`` test images;
+    * ``nll_is``: -log q(x) by importance sampling with ``nll_samples`` samples
+      from q(z|x) (Burda et al. 2016), mean over the first ``n_nll_points`` test images (nats);
+    * ``recon``: mean -log p(x|z), z ~ q(z|x), over the test images (nats);
+    * ``active_units``: units with Cov_x(E_q[z_d]) > ``au_threshold`` on the
+      test images (of 80; ``active_z1`` / ``active_z2`` split by level).
+
+    With ``run_dir``, the row is cached there (``eval-<hash>.json``, keyed on
+    :meth:`ImageStudyConfig.eval_key`) and read back on the next call, unless
+    ``result`` shows a different training (its ``seconds`` differ from the cached row's).
+    """
+    cache = Path(run_dir) / f"eval-{config_hash(cfg.eval_key())}.json" if run_dir is not None else None
+    if cache is not None and cache.exists():
+        row = json.loads(cache.read_text())
+        if result is None or row.get("seconds") == float(result.seconds):
+            row["preset"] = cfg.preset
+            return row
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    train_prec = model.precision
+    model.eval()
+    model.set_compute(cfg.eval_precision, model.channels_last)
+    try:
+        n_test = len(data.test) if cfg.n_eval_test is None else min(cfg.n_eval_test, len(data.test))
+        x_te, y_te = data.test[:n_test], data.test_labels[:n_test].numpy()
+        x_tr, y_tr = fixed_train_images(data, cfg.n_knn_train, cfg.eval_seed)
+        zs_tr, zm_tr = embed(model, x_tr, cfg.eval_batch, generator_seed=cfg.eval_seed + 1)
+        zs_te, zm_te = embed(model, x_te, cfg.eval_batch, generator_seed=cfg.eval_seed + 2)
+        ks = tuple(k for k in cfg.knn_ks if k <= len(zs_tr))
+        acc_s = knn_accuracies(zs_tr, y_tr.numpy(), zs_te, y_te, ks)
+        acc_m = knn_accuracies(zm_tr, y_tr.numpy(), zm_te, y_te, ks)
+
+        n_nll = n_test if cfg.n_nll_points is None else min(cfg.n_nll_points, n_test)
+        nll, rec = [], []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+            torch.manual_seed(cfg.eval_seed + 3)
+            for xb in _batches(x_te[:n_nll], max(1, cfg.eval_batch // cfg.nll_chunk), device):
+                nll.append(metrics.nll_importance(model, xb, cfg.nll_samples, chunk=cfg.nll_chunk).float().cpu())
+            torch.manual_seed(cfg.eval_seed + 4)
+            for xb in _batches(x_te, cfg.eval_batch, device):
+                z = model.encoder(xb).sample()
+                rec.append(-model.decoder(z).log_prob(xb).float().cpu())
+        au = active_units(posterior_means(model, x_te, cfg.au_samples, cfg.eval_batch, cfg.eval_seed + 5),
+                          cfg.au_threshold)
+    finally:
+        model.set_compute(train_prec, model.channels_last)
+
+    row: dict[str, Any] = {"dataset": cfg.dataset, "prior": cfg.prior, "objective": cfg.objective,
+                           "model": "convhvae", "seed": cfg.seed, "preset": cfg.preset}
+    if result is not None:
+        hist = result.history
+        row.update({"epochs": int(result.stop_epoch[0]) + 1, "best_epoch": int(result.best_epoch[0]) + 1,
+                    "examples": int(hist["examples"].iloc[-1]) if len(hist) else 0,
+                    "best_val_loss": float(result.best_val_loss[0])})
+    for k in cfg.knn_ks:
+        row[f"knn{k}"] = acc_s.get(k, math.nan)
+    for k in cfg.knn_ks:
+        row[f"knn{k}_mean"] = acc_m.get(k, math.nan)
+    row.update({
+        "nll_is": float(torch.cat(nll).mean()), "nll_samples": cfg.nll_samples, "nll_points": n_nll,
+        "recon": float(torch.cat(rec).mean()),
+        "active_units": int(au.sum()), "active_z1": int(au[:model.z1_dim].sum()),
+        "active_z2": int(au[model.z1_dim:].sum()),
+        "knn_train": len(zs_tr), "eval_test": n_test,
+        "seconds": float(result.seconds) if result is not None else math.nan,
+        "eval_seconds": time.perf_counter() - t0,
+        "precision": cfg.precision, "eval_precision": cfg.eval_precision,
+        "steps_per_epoch": cfg.steps_per_epoch if cfg.steps_per_epoch is not None else data.num_batches(),
+        "warmup_epochs": cfg.warmup_epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "run": run_name(cfg),
+    })
+    if cache is not None:
+        _atomic_write_text(cache, json.dumps(row, indent=1))
+    return row
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class StudyResult:
+    """Results of a study: one row per trained model, the training histories and the models."""
+
+    results: pd.DataFrame
+    history: pd.DataFrame
+    models: dict[tuple[str, str, str, int], ConvHVAE] = field(repr=False)
+    data: dict[str, I.BinarizedImages] = field(repr=False)
+    wall_seconds: float = 0.0
+    train_seconds: float = 0.0
+
+
+def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None, seeds=None,
+              runs_dir: str | os.PathLike | None = None, progress: bool | None = None,
+              data: dict[str, I.BinarizedImages] | None = None) -> StudyResult:
+    """Train (or load) and evaluate every (dataset, prior, objective, seed); ``None`` keeps ``cfg``'s value.
+
+    Each dataset is loaded once (or taken from ``data``, keyed by name). Evaluation
+    rows are cached in the run folders.
+    """
+    t0 = time.perf_counter()
+    datasets = list(datasets or [cfg.dataset])
+    priors, objectives, seeds = list(priors or [cfg.prior]), list(objectives or [cfg.objective]), list(
+        seeds if seeds is not None else [cfg.seed])
+    rows, hists, models, loaded = [], [], {}, {}
+    train_seconds = 0.0
+    for dataset in datasets:
+        base = dataclasses.replace(cfg, dataset=dataset)
+        loaded[dataset] = _subset(data[dataset], base) if data and dataset in data else load_data(base)
+        for prior in priors:
+            for objective in objectives:
+                for seed in seeds:
+                    run = dataclasses.replace(base, prior=prior, objective=objective, seed=seed)
+                    model, res, run_data = train_model(run, runs_dir, loaded[dataset], progress)
+                    run_dir = Path(runs_dir) / run_name(run) if runs_dir is not None else None
+                    rows.append(evaluate_model(model, run_data, run, res, run_dir))
+                    h = res.history.copy()
+                    for col, v in (("seed", seed), ("objective", objective), ("prior", prior),
+                                   ("dataset", dataset)):
+                        h.insert(0, col, v)
+                    hists.append(h)
+                    models[(dataset, prior, objective, seed)] = model
+                    train_seconds += res.seconds
+    return StudyResult(pd.DataFrame(rows), pd.concat(hists, ignore_index=True), models, loaded,
+                       time.perf_counter() - t0, train_seconds)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train (resuming if interrupted) and evaluate one run; prints and returns its row."""
+    from . import presets
+
+    ap = argparse.ArgumentParser(prog="python -m mimlib.image_study", description=main.__doc__)
+    ap.add_argument("--preset", default="book", choices=sorted(presets.PRESETS["images"]))
+    ap.add_argument("--dataset", required=True, choices=list(I.DATASETS))
+    ap.add_argument("--prior", required=True, choices=list(PRIOR_SHORT))
+    ap.add_argument("--objective", required=True, choices=["mim", "vae", "amim"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (e.g. 1)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--runs-dir", default="runs", help="folder of the run folders (the chapter uses ../runs "
+                                                        "from book/, i.e. runs/ at the repository root)")
+    ap.add_argument("--no-eval", action="store_true", help="train only")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="further overrides of the preset, VALUE parsed as JSON (e.g. max_epochs=2)")
+    args = ap.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value
+    cfg = presets.resolve("images", args.preset, dataset=args.dataset, prior=args.prior,
+                          objective=args.objective, seed=args.seed, threads=args.threads,
+                          device=args.device, **overrides)
+    print(f"{run_name(cfg)}: {json.dumps(asdict(cfg))}", flush=True)
+    model, res, data = train_model(cfg, args.runs_dir, log=True)
+    state = "loaded (finished earlier)" if res.loaded else (
+        f"resumed after epoch {res.resumed_from + 1}" if res.resumed_from is not None else "trained")
+    print(f"{state}: {len(res.history)} epochs, best epoch {res.best_epoch[0] + 1}, "
+          f"training time {res.seconds:.0f} s", flush=True)
+    if args.no_eval:
+        return {}
+    row = evaluate_model(model, data, cfg, res, Path(args.runs_dir) / run_name(cfg))
+    print(json.dumps(row, indent=1), flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    from mimlib.image_study import main as _main  # one copy of the module (presets imports it too)
+
+    _main()

@@ -1,0 +1,216 @@
+"""The image study: a tiny end-to-end run on real MNIST, exact resume, evaluation columns, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mimlib import image_study as S
+from mimlib import metrics, presets
+from mimlib.images import load_binarized
+from mimlib.nets.hvae import ConvHVAE
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+REQUIRED = ["dataset", "prior", "objective", "model", "seed", "preset", "epochs", "knn1", "knn3", "knn5",
+            "knn10", "nll_is", "recon", "active_units", "seconds"]
+
+#: A few steps on 200 images; every code path of the book run (bf16, channels last, curves).
+TINY = dict(preset="test", n_train_subset=200, batch_size=50, steps_per_epoch=2, max_epochs=2, warmup_epochs=1,
+            patience=2, n_val_subset=100, n_pseudo=10, precision="bf16", channels_last=True,
+            eval_precision="bf16", curve_knn_train=200, curve_knn_val=100, n_knn_train=200, n_eval_test=100,
+            nll_samples=4, n_nll_points=20, au_samples=2, eval_batch=100, threads=1)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """Real MNIST found through MIMLIB_DATA (the shared offline data folder), loaded once."""
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"real IDX files not available at {SHARED_DATA}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIMLIB_DATA", str(SHARED_DATA))
+        mp.setenv("XDG_CACHE_HOME", "/nonexistent-mimlib-test-cache")
+        yield load_binarized("mnist")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**kw) -> S.ImageStudyConfig:
+    return S.ImageStudyConfig(**{**TINY, **kw})
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_tiny_end_to_end(mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIMLIB_DATA", str(SHARED_DATA))
+    cfg = tiny(prior="standard")
+    study = S.run_study(cfg, datasets=["mnist"], objectives=["mim", "vae"], runs_dir=tmp_path)
+    res = study.results
+    assert len(res) == 2 and set(REQUIRED) <= set(res.columns)
+    assert list(res.objective) == ["mim", "vae"] and (res.model == "convhvae").all()
+    assert (res.epochs == 2).all() and (res.examples == 2 * 2 * 50).all()
+    for k in (1, 3, 5, 10):
+        assert res[f"knn{k}"].between(0, 1).all() and res[f"knn{k}_mean"].between(0, 1).all()
+    assert np.isfinite(res.nll_is).all() and (res.nll_is > 0).all() and (res.recon > 0).all()
+    assert res.active_units.between(0, 80).all()
+    assert (res.active_units == res.active_z1 + res.active_z2).all()
+    assert (res.nll_samples == 4).all() and (res.nll_points == 20).all() and (res.knn_train == 200).all()
+    # learning curves: one row per epoch, the cheap k-NN and the loss terms against examples seen
+    h = study.history
+    assert len(h) == 4 and {"curve_knn", "examples", "val_loss", "beta", "train_loss", "kl",
+                            "enc/log p(x|z)", "dec/log p(x|z)"} <= set(h.columns)
+    assert h.curve_knn.between(0, 1).all() and list(h.examples[:2]) == [100, 200]
+    # run folders named from the hash; the evaluation row is cached beside the model
+    for run in res.run:
+        assert (tmp_path / run / "final.pt").exists() and list((tmp_path / run).glob("eval-*.json"))
+    # a second call loads both models and their rows: identical numbers
+    again = S.run_study(cfg, datasets=["mnist"], objectives=["mim", "vae"], runs_dir=tmp_path)
+    pd.testing.assert_frame_equal(again.results, res)
+
+
+def test_resume_is_exact(mnist, tmp_path):
+    """Interrupted after epoch 1 (the callback raises), resumed: identical to an uninterrupted run."""
+    cfg = tiny(prior="vampprior", objective="mim", max_epochs=3, warmup_epochs=2, steps_per_epoch=2)
+    ref, res_ref, _ = S.train_model(cfg, tmp_path / "a", data=mnist)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch, model):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        S.train_model(cfg, tmp_path / "b", data=mnist, on_epoch_end=stop)
+    run_dir = tmp_path / "b" / S.run_name(cfg)
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "final.pt").exists()
+    resumed, res, _ = S.train_model(cfg, tmp_path / "b", data=mnist)
+    assert res.resumed_from == 0 and not res.loaded
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    cols = [c for c in res_ref.history.columns if "seconds" not in c]
+    pd.testing.assert_frame_equal(res.history[cols], res_ref.history[cols])
+
+
+def test_evaluation_depends_only_on_eval_settings(mnist, tmp_path):
+    cfg = tiny(prior="standard", objective="vae", max_epochs=1)
+    assert S.run_name(cfg) == S.run_name(dataclasses.replace(cfg, nll_samples=99, threads=2, preset="x"))
+    assert S.run_name(cfg) != S.run_name(dataclasses.replace(cfg, lr=1e-3))
+    model, res, data = S.train_model(cfg, tmp_path, data=mnist)
+    run_dir = tmp_path / S.run_name(cfg)
+    row = S.evaluate_model(model, data, cfg, res, run_dir)
+    assert set(REQUIRED) <= set(row) and row["preset"] == "test" and row["epochs"] == 1
+    assert row["run"] == S.run_name(cfg) and row["seconds"] == pytest.approx(res.seconds)
+    # cached: read back, not recomputed
+    assert S.evaluate_model(model, data, cfg, res, run_dir) == row
+    other = S.evaluate_model(model, data, dataclasses.replace(cfg, nll_samples=2), res, run_dir)
+    assert other["nll_samples"] == 2 and len(list(run_dir.glob("eval-*.json"))) == 2
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_active_units_constructed():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    stds = np.array([1.0, 0.3, 0.2, 0.05, 0.0])      # variances 1, 0.09, 0.04, 0.0025, 0
+    means = rng.standard_normal((n, 5)) * stds + 3.0  # the offset does not matter
+    assert S.active_units(means).tolist() == [True, True, True, False, False]
+    assert S.active_units(means, threshold=0.05).tolist() == [True, True, False, False, False]
+    with pytest.raises(ValueError):
+        S.active_units(np.zeros(5))
+
+
+def test_active_units_of_a_constructed_model():
+    """q(z2|x) with a zero mean head: E[z2|x] = 0 for every x, so no z2 unit is active."""
+    torch.manual_seed(0)
+    m = ConvHVAE("standard").eval()
+    with torch.no_grad():
+        w = m.q_z2_head.linear
+        w.weight[:40].zero_()
+        w.bias[:40].zero_()
+    x = (torch.rand(64, 1, 28, 28) < 0.3).float()
+    mu = S.posterior_means(m, x, n_samples=2)
+    assert mu.shape == (64, 80) and np.allclose(mu[:, 40:], 0)
+    au = S.active_units(mu, threshold=1e-6)
+    assert au[40:].sum() == 0 and au[:40].sum() > 0
+
+
+def test_knn_accuracies_match_scikit_learn():
+    rng = np.random.default_rng(1)
+    z_tr, z_te = rng.standard_normal((300, 6)), rng.standard_normal((120, 6))
+    y_tr, y_te = rng.integers(0, 4, 300), rng.integers(0, 4, 120)
+    z_tr[:, 0] += y_tr
+    z_te[:, 0] += y_te
+    got = S.knn_accuracies(z_tr, y_tr, z_te, y_te, (1, 3, 5, 10))
+    for k, acc in got.items():
+        assert acc == pytest.approx(metrics.knn_accuracy(z_tr, y_tr, z_te, y_te, k=k))
+
+
+def test_epoch_batches_continue_through_passes(mnist):
+    data = S._subset(mnist, tiny(n_train_subset=200, batch_size=50))   # 4 batches per pass
+    stream = [x for e in range(3) for x in S.epoch_batches(data, e, 3)]  # 9 steps
+    passes = [x for p in range(3) for x, _ in data.train_batches(p, drop_last=True)]
+    assert len(stream) == 9
+    for a, b in zip(stream, passes[:9]):
+        assert torch.equal(a, b)
+    # one full pass per epoch without steps_per_epoch
+    assert len(list(S.epoch_batches(data, 0, None))) == 4
+
+
+def test_embed_leaves_global_rng_alone():
+    m = ConvHVAE("standard").eval()
+    x = (torch.rand(8, 1, 28, 28) < 0.3).float()
+    torch.manual_seed(4)
+    before = torch.get_rng_state()
+    zs, zm = S.embed(m, x)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert zs.shape == zm.shape == (8, 80)
+    zs2, zm2 = S.embed(m, x)
+    assert np.array_equal(zs, zs2) and np.array_equal(zm, zm2)
+
+
+def test_presets_and_validation():
+    smoke, book, paper = (presets.resolve("images", p) for p in ("smoke", "book", "paper"))
+    assert (smoke.preset, book.preset, paper.preset) == ("smoke", "book", "paper")
+    assert (paper.lr, paper.batch_size, paper.max_epochs, paper.patience, paper.warmup_epochs,
+            paper.nll_samples, paper.precision) == (5e-4, 100, 2000, 50, 100, 5000, "fp32")
+    # the book schedule: the weight reaches 1 within the first half of every model's budget
+    assert book.warmup_epochs <= book.max_epochs / 2
+    with pytest.raises(ValueError):
+        S.ImageStudyConfig(dataset="cifar")
+    with pytest.raises(ValueError):
+        S.ImageStudyConfig(precision="fp16")
+
+
+def test_fast_compute_keeps_model_and_float32_densities():
+    """bf16 autocast + channels last: same parameters, float32 log-densities close to the fp32 ones."""
+    torch.manual_seed(0)
+    m = ConvHVAE("vampprior", n_pseudo=5)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        z = m.encoder(x).sample()
+        ref = (m.encoder(x).log_prob(z), m.decoder(z).log_prob(x), m.prior().log_prob(z))
+        m.set_compute("bf16", channels_last=True)
+        fast = (m.encoder(x).log_prob(z), m.decoder(z).log_prob(x), m.prior().log_prob(z))
+    assert m.q_z2_convs[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for k, v in m.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
+    for a, b in zip(ref, fast):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=1e-2, atol=0.5)
+    with pytest.raises(ValueError):
+        m.set_compute("fp16")
