@@ -43,23 +43,12 @@ import numpy as np
 import pandas as pd
 
 from mimlib import discrete as d
+from mimlib.book import print_table
 
-# Random instances for the tables: (seed, n_x, n_z, Dirichlet concentration).
-INSTANCES = [(0, 2, 2, 1.0), (1, 3, 4, 1.0), (2, 5, 3, 0.3), (3, 4, 6, 3.0)]
 N_SWEEP = {"smoke": 100, "book": 2000}[preset]
-TABLE = {seed: d.random_instance(np.random.default_rng(seed), n_x, n_z, conc)
-         for seed, n_x, n_z, conc in INSTANCES}
-# Further random instances (sizes 1-6, concentrations 0.1-5) each identity is swept over.
-SWEEP = d.random_instances(np.random.default_rng(1234), N_SWEEP)
-
-
-def show(rows: list[dict], index: str = "seed") -> None:
-    """Print a table of rounded values (what nbval compares across machines)."""
-    df = pd.DataFrame(rows).set_index(index).round(6)
-    floats = df.select_dtypes("float").columns
-    df[floats] = df[floats] + 0.0  # -0.0 + 0.0 == 0.0: a rounding-level negative prints as 0.0
-    print(df.to_string())
-
+TABLE = d.table_instances()       # four fixed instances, keyed by seed
+SWEEP = d.sweep_instances(N_SWEEP)  # further random instances each identity is swept over
+show = print_table
 
 # %% [markdown]
 # ## Setting and notation

@@ -53,7 +53,6 @@ runs_dir = "../runs"
 # %%
 import dataclasses
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -62,7 +61,7 @@ import torch
 from myst_nb import glue
 
 from mimlib import data, metrics, objectives, plots, presets
-from mimlib.book import show_source
+from mimlib.book import show_source, write_results
 from mimlib.mixture2d import run_sweep
 from mimlib.nets import mlp
 from mimlib.published import mixture2d_reference
@@ -185,13 +184,8 @@ print(f"training time of all groups, as measured when they were trained: {sweep.
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}")
 
 # %%
-out = Path(results_dir)
-out.mkdir(parents=True, exist_ok=True)
-name = "mixture2d" if preset == "book" else f"mixture2d-{preset}"
-tmp = out / f".{name}.csv.tmp"
-res.to_csv(tmp, index=False, float_format="%.6g")
-tmp.replace(out / f"{name}.csv")
-print(f"wrote {out / (name + '.csv')}: {len(res)} rows, columns {list(res.columns)}")
+path = write_results(res, results_dir, "mixture2d" if preset == "book" else f"mixture2d-{preset}")
+print(f"wrote {path}: {len(res)} rows, columns {list(res.columns)}")
 
 # %% [markdown]
 # ## Figure 1: posteriors and reconstructions
@@ -332,10 +326,8 @@ if ablation_lr is not None:
     print(f"MIM, H={max(cfg.hidden)}, {len(cfg.seeds)} seeds; training time of the ablation: "
           f"{abl.train_seconds:.0f} s")
     print(abl_table.round(3).to_string())
-    name = "mixture2d-lr-ablation" if preset == "book" else f"mixture2d-lr-ablation-{preset}"
-    tmp = out / f".{name}.csv.tmp"
-    abl.results.assign(lr=ablation_lr).to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(out / f"{name}.csv")
+    write_results(abl.results.assign(lr=ablation_lr), results_dir,
+                  "mixture2d-lr-ablation" if preset == "book" else f"mixture2d-lr-ablation-{preset}")
     glue("abl_mi", float(abl.results.mi_ksg.mean()), display=False)
     glue("abl_recon", float(abl.results.recon_mean.mean()), display=False)
     glue("abl_epochs", float(abl.results.epochs.mean()), display=False)

@@ -79,7 +79,6 @@ runs_dir = "../runs"
 # %%
 import dataclasses
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -89,7 +88,7 @@ from IPython.display import Markdown, display
 from sklearn.manifold import TSNE
 
 from mimlib import image_study, images, objectives as objectives_module, presets
-from mimlib.book import show_source
+from mimlib.book import show_source, write_results
 from mimlib.nets import hvae
 from mimlib.plots import OBJECTIVE_COLORS
 from mimlib.published import published
@@ -313,13 +312,8 @@ print(f"training time of all models, as measured when they were trained: {study.
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.torch_device()}")
 
 # %%
-out = Path(results_dir)
-out.mkdir(parents=True, exist_ok=True)
-name = "images" if preset == "book" else f"images-{preset}"
-tmp = out / f".{name}.csv.tmp"
-res.to_csv(tmp, index=False, float_format="%.6g")
-tmp.replace(out / f"{name}.csv")
-print(f"wrote {out / (name + '.csv')}: {len(res)} rows, columns {list(res.columns)}")
+path = write_results(res, results_dir, "images" if preset == "book" else f"images-{preset}")
+print(f"wrote {path}: {len(res)} rows, columns {list(res.columns)}")
 
 # %% [markdown]
 # ## Table 1: 5-NN accuracy of the latent code

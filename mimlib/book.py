@@ -5,8 +5,11 @@ from __future__ import annotations
 import inspect
 import re
 import textwrap
+from pathlib import Path
 
-__all__ = ["show_source"]
+import pandas as pd
+
+__all__ = ["show_source", "print_table", "write_results"]
 
 
 def show_source(obj, lines: tuple[int, int] | None = None, strip_docstring: bool = False):
@@ -24,3 +27,26 @@ def show_source(obj, lines: tuple[int, int] | None = None, strip_docstring: bool
         a, b = lines
         src = "\n".join(src.splitlines()[a - 1:b])
     return Code(src, language="python")
+
+
+def print_table(rows: list[dict] | pd.DataFrame, index: str | None = "seed", decimals: int = 6) -> None:
+    """Print a table of values rounded to ``decimals`` (what nbval compares across machines);
+    a rounding-level negative zero prints as 0."""
+    df = pd.DataFrame(rows)
+    if index is not None:
+        df = df.set_index(index)
+    df = df.round(decimals)
+    floats = df.select_dtypes("float").columns
+    df[floats] = df[floats] + 0.0  # -0.0 + 0.0 == 0.0
+    print(df.to_string())
+
+
+def write_results(df: pd.DataFrame, results_dir: str | Path, name: str) -> Path:
+    """Write ``df`` to ``results_dir/name.csv`` atomically (temporary file, then rename); return the path."""
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.csv"
+    tmp = out / f".{name}.csv.tmp"
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(path)
+    return path

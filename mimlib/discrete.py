@@ -41,6 +41,7 @@ __all__ = [
     "model_encoding", "model_decoding", "model_mixture",
     "decoder_marginal", "elbo", "vae_loss", "jsd", "r_h", "skl",
     "l_ce", "l_mim", "r_mim", "prior_matching_kl", "consistency_kl", "l_mim_algorithm1",
+    "TABLE_INSTANCES", "table_instances", "sweep_instances", "agree",
 ]
 
 Array = NDArray[np.float64]
@@ -362,3 +363,25 @@ class DiscreteModel:
         """Exact log q(x), the ``log_qx`` argument of :func:`mimlib.objectives.mim`."""
         return self._log_q_x[x]
 
+
+
+# ----------------------------------------------------------------------------- the chapters' instances
+
+#: The instances of the theory chapters' tables: (seed, n_x, n_z, Dirichlet concentration).
+TABLE_INSTANCES = ((0, 2, 2, 1.0), (1, 3, 4, 1.0), (2, 5, 3, 0.3), (3, 4, 6, 3.0))
+
+
+def table_instances() -> dict[int, DiscreteMIM]:
+    """The four fixed random instances every theory chapter tabulates, keyed by seed."""
+    return {seed: random_instance(np.random.default_rng(seed), n_x, n_z, conc)
+            for seed, n_x, n_z, conc in TABLE_INSTANCES}
+
+
+def sweep_instances(count: int) -> list[DiscreteMIM]:
+    """``count`` further random instances (sizes 1-6, concentrations 0.1-5) each identity is swept over."""
+    return random_instances(np.random.default_rng(1234), count)
+
+
+def agree(a: float, b: float) -> bool:
+    """Equal up to the floating-point rounding of sums of a few dozen terms (rtol 1e-10, atol 1e-12)."""
+    return bool(np.isclose(a, b, rtol=1e-10, atol=1e-12))
