@@ -35,7 +35,12 @@
 #   KL divergence. Every statement is checked exactly on discrete models, and where the paper's text
 #   is wrong the chapter says so.
 # * **Experiments.** {ref}`ch-mixture2d` trains MIM and VAE models on a 2-D mixture (paper
-#   Figs. 1 and 3). The image experiments (Table 1, Figs. 2, 4 and 5) are in progress.
+#   Figs. 1 and 3) and compares them with the authors' reference code.
+# * **In progress.** The image experiments (Table 1 and Fig. 2 with the convHVAE; Figs. 4 and 5 with
+#   the PixelHVAE and A-MIM) have their code in `mimlib` (`image_study.py`, `nets/hvae.py`,
+#   `nets/pixelhvae.py`) and a draft chapter, `book/05_images.py`, that the tests run with the fast
+#   preset. A chapter joins the book once its `book`-preset runs are done, so that no page shows
+#   numbers that are not results.
 #
 # ## How to re-run it
 #
