@@ -4,13 +4,17 @@ Where each equation lives:
 
 * :mod:`mimlib.distributions` - Gaussian / Bernoulli conditionals, the N(0, I) anchor
 * :mod:`mimlib.objectives`    - ``mim`` (Eq. 7, Algorithm 1), ``amim`` (app. E.2), ``vae`` (Eq. 1)
-* :mod:`mimlib.discrete`      - exact information quantities for discrete joints (Eqs. 3-13)
-* :mod:`mimlib.nets`          - the networks (2-D MLPs; image models)
-* :mod:`mimlib.data`          - the 2-D mixture, image files on a search path
+* :mod:`mimlib.discrete`      - exact information quantities for discrete joints (Eqs. 2-13)
+* :mod:`mimlib.nets`          - the networks: ``mlp`` (2-D), ``hvae`` (convHVAE, VampPrior), ``pixelhvae``
+* :mod:`mimlib.data`          - the 2-D mixture of section 4
+* :mod:`mimlib.images`        - MNIST / Fashion-MNIST on a search path, checksums, binarisation
 * :mod:`mimlib.train`         - one fit loop for every objective
 * :mod:`mimlib.metrics`       - KSG mutual information, k-NN accuracy, NLL, reconstruction
+* :mod:`mimlib.mixture2d`     - the 2-D study end to end (Figs. 1 and 3)
+* :mod:`mimlib.image_study`   - the image study end to end (Table 1, Fig. 2)
 * :mod:`mimlib.presets`       - smoke / book / paper settings of each chapter
-* :mod:`mimlib.plots`         - figure helpers shared by the chapters
+* :mod:`mimlib.published`     - the paper's and the reference code's numbers (``published.csv``)
+* :mod:`mimlib.plots`, :mod:`mimlib.book` - figure and chapter helpers
 """
 
 __version__ = "0.1.0"
