@@ -32,7 +32,7 @@ from torch import distributions as td
 
 from .distributions import draw
 
-__all__ = ["Loss", "LatentVariableModel", "vae", "mim", "amim", "OBJECTIVES", "get_objective",
+__all__ = ["Loss", "LatentVariableModel", "vae", "mim", "amim", "mim_pathwise", "OBJECTIVES", "get_objective",
            "leave_one_out_baseline", "score_function_surrogate"]
 
 
@@ -120,7 +120,8 @@ def score_function_surrogate(f: torch.Tensor, log_prob: torch.Tensor) -> torch.T
 
 
 def _mim_decoder_term(model: LatentVariableModel, batch_shape: torch.Size, beta: float,
-                      log_qx: LogMarginal | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      log_qx: LogMarginal | None, score_function: bool = True
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""Decoder-sampled MIM term, Algorithm 1 lines 7-11.
 
     z ~ P(z) (the anchor), x ~ p(x|z) (reparameterised where the decoder allows it);
@@ -144,6 +145,8 @@ def _mim_decoder_term(model: LatentVariableModel, batch_shape: torch.Size, beta:
     it is exactly 0 in the forward pass, so the returned loss *value* is
     unchanged, and its gradient is the score-function term. The reparameterised
     path (decoders with ``rsample``) is left exactly as it was.
+    ``score_function=False`` drops that term: the biased, pathwise-only gradient
+    (an ablation; objective name ``"mim-pathwise"``).
     """
     anchor = model.anchor()
     z = draw(anchor.expand(batch_shape)) if anchor.batch_shape != batch_shape else draw(anchor)
@@ -154,14 +157,14 @@ def _mim_decoder_term(model: LatentVariableModel, batch_shape: torch.Size, beta:
     log_qzx = model.encoder(x).log_prob(z)
     lqx = log_qx(x) if log_qx is not None else log_pxz
     value = -0.5 * (log_pxz + log_pz + beta * (log_qzx + lqx))
-    if not p_xz.has_rsample and torch.is_grad_enabled() and log_pxz.requires_grad:
+    if score_function and not p_xz.has_rsample and torch.is_grad_enabled() and log_pxz.requires_grad:
         value = value + score_function_surrogate(value, log_pxz)
     return value, {"dec/log p(x|z)": log_pxz.detach(), "dec/log p(z)": log_pz.detach(),
                    "dec/log q(z|x)": log_qzx.detach(), "dec/log q(x)": lqx.detach()}
 
 
 def mim(model: LatentVariableModel, x: torch.Tensor, beta: float = 1.0,
-        log_qx: LogMarginal | None = None) -> Loss:
+        log_qx: LogMarginal | None = None, score_function: bool = True) -> Loss:
     r"""MIM loss, paper Eq. (7) estimated as in Algorithm 1.
 
     L_MIM = E_{M_S}[-1/2 (log q(x, z) + log p(x, z))] with the sample mixture
@@ -169,12 +172,14 @@ def mim(model: LatentVariableModel, x: torch.Tensor, beta: float = 1.0,
     encoder-sampled and the decoder-sampled terms (Algorithm 1 line 13 sums
     them, a factor of 2 that Adam does not see). ``log_qx``: an exact log q(x)
     if one is known (the theory chapters use it); by default the one-sample
-    approximations of Eqs. (14)-(15).
+    approximations of Eqs. (14)-(15). ``score_function``: whether a
+    non-reparameterisable decoder sample gets its score-function gradient
+    (see :func:`_mim_decoder_term`).
     """
     enc, t_enc = _mim_encoder_term(model, x, beta, log_qx)
     terms = {**t_enc}
     if beta > 0:
-        dec, t_dec = _mim_decoder_term(model, enc.shape, beta, log_qx)
+        dec, t_dec = _mim_decoder_term(model, enc.shape, beta, log_qx, score_function)
         terms.update(t_dec)
         value = 0.5 * (enc + beta * dec)
     else:
@@ -189,7 +194,15 @@ def amim(model: LatentVariableModel, x: torch.Tensor, beta: float = 1.0,
     return Loss(value, terms)
 
 
-OBJECTIVES: dict[str, Callable[..., Loss]] = {"vae": vae, "mim": mim, "amim": amim}
+def mim_pathwise(model: LatentVariableModel, x: torch.Tensor, beta: float = 1.0,
+                 log_qx: LogMarginal | None = None) -> Loss:
+    """MIM without the score-function gradient of non-reparameterisable decoder samples (an ablation:
+    the gradient is biased; identical to :func:`mim` for reparameterisable decoders)."""
+    return mim(model, x, beta, log_qx, score_function=False)
+
+
+OBJECTIVES: dict[str, Callable[..., Loss]] = {"vae": vae, "mim": mim, "amim": amim,
+                                              "mim-pathwise": mim_pathwise}
 
 
 def get_objective(name: str) -> Callable[..., Loss]:
