@@ -1,8 +1,11 @@
-"""The image study (paper section 5, appendix D.2, Table 1, Fig. 2), end to end.
+"""The image studies (paper section 5, appendix D.2, Table 1, Fig. 2; appendix E.2, Figs. 4-5), end to end.
 
-One run = one convHVAE (:class:`mimlib.nets.hvae.ConvHVAE`) trained on one
-dataset (MNIST or Fashion-MNIST) with one prior (standard ``S`` or VampPrior
-``VP``) and one objective (``mim`` or ``vae``) from one seed:
+One run = one model trained on one dataset (MNIST or Fashion-MNIST) with one
+prior (standard ``S`` or VampPrior ``VP``) and one objective (``mim``, ``vae``
+or ``amim``) from one seed. The model (``ImageStudyConfig.model``) is the
+convHVAE (:class:`mimlib.nets.hvae.ConvHVAE`, the default; section 5) or the
+PixelHVAE (:class:`mimlib.nets.pixelhvae.PixelHVAE`, the same encoders with an
+autoregressive PixelCNN decoder; appendix E.2, trained with A-MIM and the VAE):
 
 * :func:`train_model` trains it with :func:`mimlib.train.fit` in a run folder
   named from the configuration's hash (checkpoint after every epoch, exact
@@ -12,7 +15,12 @@ dataset (MNIST or Fashion-MNIST) with one prior (standard ``S`` or VampPrior
   the mean, fit on the training images and scored on the test images; the
   importance-sampled test NLL; the reconstruction term -log p(x|z); the number
   of active units. The row is cached in the run folder;
-* :func:`run_study` loops over datasets, priors, objectives and seeds.
+* :func:`run_study` loops over datasets, priors, objectives and seeds;
+* :func:`reconstructions` and :func:`samples` draw the images of the paper's
+  Figs. 4-5 (decoder samples; autoregressive for the PixelHVAE).
+
+Nothing in the evaluation uses the decoder's mean image (a PixelCNN decoder
+has none): the reconstruction term and the NLL only need ``log_prob``.
 
 An *epoch* is ``steps_per_epoch`` optimiser steps when that is set (the batches
 continue through successive shuffled, dynamically binarised passes over the
@@ -25,11 +33,17 @@ a finished run is only evaluated)::
 
     python -m mimlib.image_study --preset book --dataset mnist --prior standard \\
         --objective mim --threads 1 [--seed 0] [--runs-dir runs]
+    python -m mimlib.image_study --model pixelhvae --preset book --dataset mnist \\
+        --objective amim --threads 1        # prior: the preset's (VampPrior)
+
+With ``--model pixelhvae`` the presets are those of study ``"pixelhvae"`` in
+:mod:`mimlib.presets`, else those of ``"images"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -47,14 +61,18 @@ import torch
 from . import images as I
 from . import metrics
 from .nets.hvae import PRECISIONS, ConvHVAE
+from .nets.pixelhvae import PixelHVAE
 from .objectives import get_objective
 from .train import FitConfig, FitResult, config_hash, fit
 
 __all__ = ["ImageStudyConfig", "StudyResult", "load_data", "build_model", "train_model",
            "evaluate_model", "run_study", "embed", "posterior_means", "active_units",
-           "knn_accuracies", "run_name", "main"]
+           "knn_accuracies", "run_name", "reconstructions", "samples", "MODELS", "main"]
 
 PRIOR_SHORT = {"standard": "S", "vampprior": "VP"}
+
+#: The models of the image studies: name -> class (same constructor and interface).
+MODELS: dict[str, type[ConvHVAE]] = {"convhvae": ConvHVAE, "pixelhvae": PixelHVAE}
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,7 @@ class ImageStudyConfig:
     """
 
     # what is trained
+    model: str = "convhvae"           # "convhvae" (section 5) or "pixelhvae" (appendix E.2)
     dataset: str = "mnist"
     prior: str = "standard"
     objective: str = "mim"
@@ -109,6 +128,8 @@ class ImageStudyConfig:
     device: str = "cpu"                 # "cpu", "cuda" or "auto" (cuda if available)
 
     def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {list(MODELS)}, got {self.model!r}")
         if self.dataset not in I.DATASETS:
             raise ValueError(f"dataset must be one of {list(I.DATASETS)}, got {self.dataset!r}")
         if self.prior not in PRIOR_SHORT:
@@ -148,13 +169,15 @@ class ImageStudyConfig:
         """What a trained model (and its training history) depends on: names its run folder.
 
         Evaluation settings, the preset label, threads and device are left out,
-        so changing them never retrains.
+        so changing them never retrains. ``"model"`` is the model's name
+        (``"convhvae"`` for every convHVAE run, as before the PixelHVAE was added,
+        so their hashes are unchanged).
         """
         keep = ("dataset", "prior", "objective", "seed", "lr", "batch_size", "max_epochs", "steps_per_epoch",
                 "warmup_epochs", "patience", "n_train_subset", "n_val_subset", "n_pseudo", "pseudo_init",
                 "precision", "channels_last", "curve_knn_train", "curve_knn_val", "curve_k")
         d = asdict(self)
-        return {"study": "images", "model": "convhvae", **{k: d[k] for k in keep}}
+        return {"study": "images", "model": self.model, **{k: d[k] for k in keep}}
 
     def eval_key(self) -> dict[str, Any]:
         """What an evaluation row depends on besides the trained model (names its cache file)."""
@@ -165,8 +188,10 @@ class ImageStudyConfig:
 
 
 def run_name(cfg: ImageStudyConfig) -> str:
-    """Run folder name: readable fields and the hash of :meth:`ImageStudyConfig.run_key`."""
-    return (f"images-{cfg.dataset}-{PRIOR_SHORT[cfg.prior]}-{cfg.objective}-s{cfg.seed}-"
+    """Run folder name: readable fields and the hash of :meth:`ImageStudyConfig.run_key`
+    (``images-<dataset>-...`` for the convHVAE, ``images-pixelhvae-<dataset>-...`` for the PixelHVAE)."""
+    model = "" if cfg.model == "convhvae" else f"{cfg.model}-"
+    return (f"images-{model}{cfg.dataset}-{PRIOR_SHORT[cfg.prior]}-{cfg.objective}-s{cfg.seed}-"
             f"{config_hash(cfg.run_key())}")
 
 
@@ -196,7 +221,7 @@ def fixed_train_images(data: I.BinarizedImages, n: int | None, eval_seed: int) -
 
 
 def build_model(cfg: ImageStudyConfig, data: I.BinarizedImages | None = None) -> ConvHVAE:
-    """The convHVAE of ``cfg``, initialised from ``torch.manual_seed(cfg.seed)``."""
+    """The model of ``cfg`` (convHVAE or PixelHVAE), initialised from ``torch.manual_seed(cfg.seed)``."""
     torch.manual_seed(cfg.seed)
     pseudo: str | torch.Tensor = "normal"
     if cfg.prior == "vampprior" and cfg.pseudo_init == "data":
@@ -205,7 +230,7 @@ def build_model(cfg: ImageStudyConfig, data: I.BinarizedImages | None = None) ->
         g = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randperm(data.n_train, generator=g)[:cfg.n_pseudo]
         pseudo = I.to_intensity(data.train_u8[idx])
-    model = ConvHVAE(cfg.prior, n_pseudo=cfg.n_pseudo, pseudo_init=pseudo)
+    model = MODELS[cfg.model](cfg.prior, n_pseudo=cfg.n_pseudo, pseudo_init=pseudo)
     return model.to(cfg.torch_device()).set_compute(cfg.precision, cfg.channels_last)
 
 
@@ -283,6 +308,64 @@ def posterior_means(model: ConvHVAE, x: torch.Tensor, n_samples: int = 10, batch
             z1 = q.conditional(z2).mean.mean(0)
             out.append(torch.cat([z1, q.top.mean], -1).float().cpu())
     return torch.cat(out).numpy()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Every module in eval mode for the block, each module's own mode restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, t in modes:
+            m.training = t
+
+
+@torch.inference_mode()
+def reconstructions(model: ConvHVAE, x: torch.Tensor, batch: int = 100, generator_seed: int = 0
+                    ) -> torch.Tensor:
+    """Sampled reconstructions of images ``x`` (N, 1, 28, 28): z ~ q(z|x), then x' ~ p(x|z).
+
+    Both steps are draws, as in the paper's Figs. 4-5: z is sampled ancestrally
+    from the encoder (z2 ~ q(z2|x), z1 ~ q(z1|x, z2)) and x' is a binary sample
+    of the decoder, for the PixelHVAE drawn pixel by pixel in raster order
+    (each pixel given z and the pixels drawn before it; the autoregressive
+    sampler of :mod:`mimlib.nets.pixelhvae`), for the convHVAE an independent
+    Bernoulli per pixel. The model runs in eval mode (batch-norm running
+    statistics) and its modes are restored afterwards; the noise comes from
+    a private seed, so the global random state is untouched and a call is
+    reproducible. Returns a float tensor of 0s and 1s, (N, 1, 28, 28), on the CPU.
+    """
+    device = next(model.parameters()).device
+    out = []
+    with _eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(generator_seed)
+        for xb in _batches(x, batch, device):
+            z = model.encoder(xb).sample()
+            out.append(model.decoder(z).sample().float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, *x.shape[1:])
+
+
+@torch.inference_mode()
+def samples(model: ConvHVAE, n: int, batch: int = 100, generator_seed: int = 0) -> torch.Tensor:
+    """``n`` samples of the model: z ~ p(z) (the model prior, p(z2) p(z1|z2): the VampPrior
+    mixture or N(0, I) on z2), then x ~ p(x|z) (autoregressive for the PixelHVAE).
+
+    Eval mode, a private seed and binary float images (n, 1, 28, 28) on the CPU, as
+    :func:`reconstructions`. (The model prior, not the anchor N(0, I_80) that the
+    decoder-sampled half of MIM draws from: these are the images the model generates.)
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    device = next(model.parameters()).device
+    out = []
+    with _eval_mode(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(generator_seed)
+        for start in range(0, n, batch):
+            z = model.prior().sample((min(batch, n - start),))
+            out.append(model.decoder(z).sample().float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 1, 28, 28)
 
 
 def active_units(means: np.ndarray, threshold: float = 0.01) -> np.ndarray:
@@ -386,7 +469,8 @@ def train_model(cfg: ImageStudyConfig, runs_dir: str | os.PathLike | None = None
                  val_batches=lambda: _batches(val, cfg.eval_batch, device),
                  config=cfg.fit_config(), run_dir=run_dir, run_config=cfg.run_key(),
                  on_epoch_end=_Curves(cfg, data, on_epoch_end, log), progress=progress,
-                 desc=f"{cfg.dataset} {PRIOR_SHORT[cfg.prior]} {cfg.objective}")
+                 desc=("" if cfg.model == "convhvae" else f"{cfg.model} ")
+                 + f"{cfg.dataset} {PRIOR_SHORT[cfg.prior]} {cfg.objective}")
     model.eval()
     return model, result, data
 
@@ -446,7 +530,7 @@ def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConf
         model.set_compute(train_prec, model.channels_last)
 
     row: dict[str, Any] = {"dataset": cfg.dataset, "prior": cfg.prior, "objective": cfg.objective,
-                           "model": "convhvae", "seed": cfg.seed, "preset": cfg.preset}
+                           "model": cfg.model, "seed": cfg.seed, "preset": cfg.preset}
     if result is not None:
         hist = result.history
         row.update({"epochs": int(result.stop_epoch[0]) + 1, "best_epoch": int(result.best_epoch[0]) + 1,
@@ -541,9 +625,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from . import presets
 
     ap = argparse.ArgumentParser(prog="python -m mimlib.image_study", description=main.__doc__)
+    ap.add_argument("--model", default="convhvae", choices=list(MODELS),
+                    help="convhvae (presets of study 'images') or pixelhvae (presets of study 'pixelhvae')")
     ap.add_argument("--preset", default="book", choices=sorted(presets.PRESETS["images"]))
     ap.add_argument("--dataset", required=True, choices=list(I.DATASETS))
-    ap.add_argument("--prior", required=True, choices=list(PRIOR_SHORT))
+    ap.add_argument("--prior", default=None, choices=list(PRIOR_SHORT),
+                    help="required for convhvae; pixelhvae: the preset's (vampprior) by default")
     ap.add_argument("--objective", required=True, choices=["mim", "vae", "amim"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (e.g. 1)")
@@ -554,6 +641,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="further overrides of the preset, VALUE parsed as JSON (e.g. max_epochs=2)")
     args = ap.parse_args(argv)
+    if args.model == "convhvae" and args.prior is None:
+        ap.error("the following arguments are required: --prior")
     overrides: dict[str, Any] = {}
     for item in args.set:
         name, _, value = item.partition("=")
@@ -561,7 +650,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             overrides[name] = json.loads(value)
         except json.JSONDecodeError:
             overrides[name] = value
-    cfg = presets.resolve("images", args.preset, dataset=args.dataset, prior=args.prior,
+    study = "images" if args.model == "convhvae" else args.model
+    cfg = presets.resolve(study, args.preset, dataset=args.dataset, prior=args.prior,
                           objective=args.objective, seed=args.seed, threads=args.threads,
                           device=args.device, **overrides)
     print(f"{run_name(cfg)}: {json.dumps(asdict(cfg))}", flush=True)

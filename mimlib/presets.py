@@ -46,9 +46,40 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # warm-up 100 epochs, 5,000 importance samples on all 10k test images, float32. Meant for a GPU.
         "paper": dict(preset="paper", device="auto"),
     },
+    # Appendix E.2: PixelHVAE (VP), trained with the VAE objective and with A-MIM (chapter 06). The same
+    # config class as "images" with model="pixelhvae" and the VampPrior.
+    "pixelhvae": {
+        # CI: 300 training images, 2 epochs of 2 steps of 100, tiny evaluation subsets; every code path of
+        # the book run (PixelHVAE, VampPrior with K = 500, bf16, channels last, learning curves). One torch
+        # thread, as the book jobs: on the 2-core machine with other jobs running, two threads made a step
+        # 1.5x and an autoregressive sample up to 25x slower (thread synchronisation of tiny operations).
+        "smoke": dict(preset="smoke", model="pixelhvae", prior="vampprior", n_train_subset=300, n_val_subset=100,
+                      steps_per_epoch=2, max_epochs=2, warmup_epochs=1, patience=2, precision="bf16",
+                      channels_last=True, eval_precision="bf16", curve_knn_train=300, curve_knn_val=100,
+                      n_knn_train=300, n_eval_test=200, nll_samples=10, n_nll_points=50, au_samples=2, threads=1),
+        # The committed run, sized for the 2-core CPU: per dataset two single-thread jobs side by side (VAE
+        # and A-MIM), each within 2.5 h = 9,000 s of wall time. Measured (PixelHVAE (VP), batch 100, one
+        # thread, bf16 autocast + channels last; set_compute applies to the masked convolutions): a training
+        # step takes 1.22 s alone and 1.93 s (VAE) / 1.88 s (A-MIM) with the two jobs side by side (fp32:
+        # 4.2 s alone). Per job: 14 epochs x 250 steps = 3,500 steps x 1.93 s = 6,755 s; after each epoch
+        # the validation loss (2,000 images) and the learning-curve k-NN (10,000 + 2,000 encodings), 13-17 s
+        # alone, ~26 s side by side: 14 x 26 = 364 s; final evaluation (k-NN on 50,000 + 10,000 encodings
+        # ~57 s, NLL with 100 importance samples on 1,000 test images ~205 s, reconstruction on 10,000 ~25 s,
+        # active units ~7 s: ~300 s alone, ~465 s side by side). Total ~7,580 s = 2.1 h, 16% under the
+        # budget. 3,500 steps = 350,000 images = 7 passes; KL/MIM weight 1 from the 4th epoch (after 750
+        # steps): 11 of 14 epochs (79%) at weight 1. Early stopping patience 5 on 2,000 validation images.
+        # One torch thread per job (threads is not part of a run's hash).
+        "book": dict(preset="book", model="pixelhvae", prior="vampprior", steps_per_epoch=250, max_epochs=14,
+                     warmup_epochs=4, patience=5, n_val_subset=2_000, precision="bf16", channels_last=True,
+                     eval_precision="bf16", nll_samples=100, n_nll_points=1_000, threads=1),
+        # Appendix D.2 (which E.2 follows) / the reference code: lr 5e-4, batch 100, up to 2000 one-pass
+        # epochs, patience 50, warm-up 100 epochs, 5,000 importance samples on all 10k test images, float32.
+        # Meant for a GPU.
+        "paper": dict(preset="paper", model="pixelhvae", prior="vampprior", device="auto"),
+    },
 }
 
-_CONFIGS = {"mixture2d": Mixture2DConfig, "images": ImageStudyConfig}
+_CONFIGS = {"mixture2d": Mixture2DConfig, "images": ImageStudyConfig, "pixelhvae": ImageStudyConfig}
 
 
 def resolve(study: str, preset: str, **overrides: Any):
