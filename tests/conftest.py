@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mimlib.images import load_binarized
+
 os.environ.setdefault("MIMLIB_PROGRESS", "0")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -12,3 +14,21 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """Real MNIST found through MIMLIB_DATA (the shared offline data folder), loaded once."""
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"real IDX files not available at {SHARED_DATA}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MIMLIB_DATA", str(SHARED_DATA))
+        mp.setenv("XDG_CACHE_HOME", "/nonexistent-mimlib-test-cache")
+        yield load_binarized("mnist")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,10 +11,10 @@ import torch
 
 from mimlib import image_study as S
 from mimlib import metrics, presets
-from mimlib.images import load_binarized
+
+from conftest import SHARED_DATA
 from mimlib.nets.hvae import ConvHVAE
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 REQUIRED = ["dataset", "prior", "objective", "model", "seed", "preset", "epochs", "knn1", "knn3", "knn5",
             "knn10", "nll_is", "recon", "active_units", "seconds"]
@@ -25,24 +24,6 @@ TINY = dict(preset="test", n_train_subset=200, batch_size=50, steps_per_epoch=2,
             patience=2, n_val_subset=100, n_pseudo=10, precision="bf16", channels_last=True,
             eval_precision="bf16", curve_knn_train=200, curve_knn_val=100, n_knn_train=200, n_eval_test=100,
             nll_samples=4, n_nll_points=20, au_samples=2, eval_batch=100, threads=1)
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    """Real MNIST found through MIMLIB_DATA (the shared offline data folder), loaded once."""
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"real IDX files not available at {SHARED_DATA}")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MIMLIB_DATA", str(SHARED_DATA))
-        mp.setenv("XDG_CACHE_HOME", "/nonexistent-mimlib-test-cache")
-        yield load_binarized("mnist")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(**kw) -> S.ImageStudyConfig:

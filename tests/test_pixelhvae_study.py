@@ -4,7 +4,6 @@ the convHVAE runs, the figure helpers (reconstructions, samples), presets and th
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +11,9 @@ import torch
 
 from mimlib import image_study as S
 from mimlib import presets
-from mimlib.images import load_binarized
 from mimlib.nets.hvae import ConvHVAE
 from mimlib.nets.pixelhvae import PixelHVAE
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 #: 2 steps of 50 on 100 images, small VampPrior, tiny evaluation; the book run's compute settings.
 TINY = dict(preset="test", model="pixelhvae", prior="vampprior", n_train_subset=100, batch_size=50,
@@ -24,24 +21,6 @@ TINY = dict(preset="test", model="pixelhvae", prior="vampprior", n_train_subset=
             precision="bf16", channels_last=True, eval_precision="bf16", curve_knn_train=100, curve_knn_val=50,
             n_knn_train=100, n_eval_test=50, nll_samples=3, n_nll_points=10, au_samples=2, eval_batch=50,
             threads=1)
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    """Real MNIST found through MIMLIB_DATA (the shared offline data folder), loaded once."""
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"real IDX files not available at {SHARED_DATA}")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MIMLIB_DATA", str(SHARED_DATA))
-        mp.setenv("XDG_CACHE_HOME", "/nonexistent-mimlib-test-cache")
-        yield load_binarized("mnist")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(**kw) -> S.ImageStudyConfig:
