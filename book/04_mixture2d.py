@@ -64,7 +64,7 @@ from mimlib import data, metrics, objectives, plots, presets
 from mimlib.book import show_source, write_results
 from mimlib.mixture2d import run_sweep
 from mimlib.nets import mlp
-from mimlib.published import mixture2d_reference
+from mimlib.published import mixture2d_reference, published
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 cfg = presets.resolve("mixture2d", preset, hidden=hidden, seeds=seeds, patience=patience,
@@ -276,6 +276,7 @@ for key, value in {
     "mim_nll_big": _stat("mim", "nll_is", big), "vae_nll_big": _stat("vae", "nll_is", big),
     "mim_epochs_largest": _stat("mim", "epochs", largest), "vae_epochs_largest": _stat("vae", "epochs", largest),
     "train_minutes": sweep.train_seconds / 60,
+    "reference_hours": float(published("mixture2d").query("metric == 'sweep_hours'").value.iloc[0]),
 }.items():
     glue(key, value, display=False)
 small = res[res.hidden == min(cfg.hidden)]
@@ -377,7 +378,7 @@ if ablation_lr is not None:
 #   {glue:text}`n_small` models (both objectives) ran to the `max_epochs` cap.
 #
 # **Cost.** The whole `book` sweep (160 models) trained in {glue:text}`train_minutes:.1f` minutes on the
-# machine that produced this page (printed above, with the thread count), against about 4.8 hours for
-# the reference code on a 2-core CPU, where per-sample data loading and a KSG estimate every epoch
+# machine that produced this page (printed above, with the thread count), against about
+# {glue:text}`reference_hours:.1f` hours for the reference code on a 2-core CPU (`mimlib/published.csv`), where per-sample data loading and a KSG estimate every epoch
 # dominate and each seed trains alone. `benchmarks/bench_mixture2d.py` measures the gain from training
 # the seeds as one batched model.
