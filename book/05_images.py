@@ -88,7 +88,7 @@ from IPython.display import Markdown, display
 from sklearn.manifold import TSNE
 
 from mimlib import image_study, images, objectives as objectives_module, presets
-from mimlib.book import show_source, write_results
+from mimlib.book import print_run_settings, show_source, write_results
 from mimlib.nets import hvae
 from mimlib.plots import OBJECTIVE_COLORS
 from mimlib.published import published
@@ -103,18 +103,8 @@ n_tsne = n_tsne or (300 if preset == "smoke" else 2000)
 if cfg.threads:
     torch.set_num_threads(cfg.threads)
 
-banner = {
-    "smoke": "SMOKE PRESET: every output on this page comes from models trained for a few optimiser steps "
-             "on 500 images. They check that the chapter runs; they are NOT results.",
-    "book": "BOOK PRESET: the outputs on this page come from the book schedule (see 'Training schedule'), "
-            "far shorter than the paper's; compare with the paper only with that in mind.",
-    "paper": "PAPER PRESET: the outputs on this page come from appendix D.2's settings.",
-}.get(preset, f"CUSTOM PRESET {preset!r}")
-print(f"preset: {preset}\n{banner}\n")
+print_run_settings(preset, cfg, skip=("dataset", "prior", "objective", "seed"), train_images=cfg.n_train_subset)
 print(f"datasets={datasets}, priors={priors}, objectives={objectives}, seeds={seeds}")
-for k, v in vars(cfg).items():
-    if k not in ("dataset", "prior", "objective", "seed"):
-        print(f"  {k} = {v}")
 
 # %% [markdown]
 # ## The data

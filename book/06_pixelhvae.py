@@ -89,7 +89,7 @@ import torch
 from IPython.display import Markdown, display
 
 from mimlib import image_study, objectives as objectives_module, presets
-from mimlib.book import show_source, write_results
+from mimlib.book import print_run_settings, show_source, write_results
 from mimlib.nets import pixelhvae
 from mimlib.plots import OBJECTIVE_COLORS, OBJECTIVE_NAMES
 
@@ -101,18 +101,8 @@ seeds = list(seeds if seeds is not None else [0])
 if cfg.threads:
     torch.set_num_threads(cfg.threads)
 
-banner = {
-    "smoke": "SMOKE PRESET: every output on this page comes from models trained for a few optimiser steps "
-             "on 300 images. They check that the chapter runs; they are NOT results.",
-    "book": "BOOK PRESET: the outputs on this page come from the book schedule (see 'Training schedule'), "
-            "far shorter than the paper's; compare with the paper only with that in mind.",
-    "paper": "PAPER PRESET: the outputs on this page come from appendix D.2's settings.",
-}.get(preset, f"CUSTOM PRESET {preset!r}")
-print(f"preset: {preset}\n{banner}\n")
+print_run_settings(preset, cfg, skip=("model", "dataset", "prior", "objective", "seed"), train_images=cfg.n_train_subset)
 print(f"model={cfg.model}, prior={cfg.prior}, datasets={datasets}, objectives={objectives}, seeds={seeds}")
-for k, v in vars(cfg).items():
-    if k not in ("model", "dataset", "prior", "objective", "seed"):
-        print(f"  {k} = {v}")
 
 # %% [markdown]
 # ## The PixelHVAE and its causal masks

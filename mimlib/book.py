@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["show_source", "print_table", "write_results"]
+__all__ = ["show_source", "print_table", "write_results", "print_run_settings"]
 
 
 def show_source(obj, lines: tuple[int, int] | None = None, strip_docstring: bool = False):
@@ -50,3 +50,21 @@ def write_results(df: pd.DataFrame, results_dir: str | Path, name: str) -> Path:
     df.to_csv(tmp, index=False, float_format="%.6g")
     tmp.replace(path)
     return path
+
+
+def print_run_settings(preset: str, cfg, skip: tuple[str, ...] = (), train_images: int | None = None) -> None:
+    """Print which preset produced a page's outputs (and what that means), then every setting of
+    ``cfg`` (a dataclass) except ``skip``. ``train_images``: the smoke preset's training-set size."""
+    import dataclasses
+
+    banner = {
+        "smoke": "SMOKE PRESET: every output on this page comes from models trained for a few optimiser steps "
+                 f"on {train_images} images. They check that the chapter runs; they are NOT results.",
+        "book": "BOOK PRESET: the outputs on this page come from the book schedule (see 'Training schedule'), "
+                "far shorter than the paper's; compare with the paper only with that in mind.",
+        "paper": "PAPER PRESET: the outputs on this page come from appendix D.2's settings.",
+    }.get(preset, f"CUSTOM PRESET {preset!r}")
+    print(f"preset: {preset}\n{banner}\n")
+    for f in dataclasses.fields(cfg):
+        if f.name not in skip:
+            print(f"  {f.name} = {getattr(cfg, f.name)}")
