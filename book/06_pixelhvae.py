@@ -404,13 +404,13 @@ print(f"training time of all models, as measured when they were trained: {study.
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.torch_device()}")
 
 # %% [markdown]
-# The rows go to their own file, `results/images-pixelhvae.csv` (book preset; other presets write
-# `images-pixelhvae-<preset>.csv`), not into `results/images.csv`, so that the two image studies never
-# overwrite each other's results. The columns are those of `images.csv`, with `model = pixelhvae`, so the
-# two files concatenate into one table.
+# The rows are added to `results/images.csv` (book preset; other presets write `images-<preset>.csv`),
+# the file of chapter {ref}`ch-images`, with `model = pixelhvae`: writing replaces only the rows of this
+# model, so the two chapters can be re-run in either order without overwriting each other's results.
 
 # %%
-path = write_results(res, results_dir, "images-pixelhvae" if preset == "book" else f"images-pixelhvae-{preset}")
+path = write_results(res, results_dir, "images" if preset == "book" else f"images-{preset}",
+                     replace={"model": "pixelhvae"})
 print(f"wrote {path}: {len(res)} rows, columns {list(res.columns)}")
 
 # %% [markdown]

@@ -41,11 +41,29 @@ def print_table(rows: list[dict] | pd.DataFrame, index: str | None = "seed", dec
     print(df.to_string())
 
 
-def write_results(df: pd.DataFrame, results_dir: str | Path, name: str) -> Path:
-    """Write ``df`` to ``results_dir/name.csv`` atomically (temporary file, then rename); return the path."""
+def write_results(df: pd.DataFrame, results_dir: str | Path, name: str,
+                  replace: dict[str, object] | None = None) -> Path:
+    """Write ``df`` to ``results_dir/name.csv`` atomically (temporary file, then rename); return the path.
+
+    ``replace={"model": "pixelhvae"}`` lets two chapters share one file: rows of an existing file
+    that match every ``column: value`` of ``replace`` are dropped and ``df`` (whose rows must all
+    match) takes their place; the other rows are kept, in their order, before ``df``'s.
+    """
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.csv"
+    if replace:
+        for col, value in replace.items():
+            if col not in df.columns or not (df[col] == value).all():
+                raise ValueError(f"write_results: every row to write must have {col} == {value!r}")
+        if path.exists():
+            old = pd.read_csv(path)
+            match = pd.Series(True, index=old.index)
+            for col, value in replace.items():
+                match &= old[col] == value if col in old.columns else False
+            kept = old[~match]
+            if len(kept):
+                df = pd.concat([kept, df], ignore_index=True)
     tmp = out / f".{name}.csv.tmp"
     df.to_csv(tmp, index=False, float_format="%.6g")
     tmp.replace(path)
