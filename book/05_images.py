@@ -497,7 +497,8 @@ if preset == "smoke":
                  "below is printed to exercise the code and means nothing.\n")
 for d in datasets:
     for p in priors:
-        sub = res[(res.dataset == d) & (res.prior == p)].groupby("objective")[["knn5", "nll_is", "active_units"]].mean()
+        sub = res[(res.dataset == d) & (res.prior == p)].groupby("objective")[
+            ["knn5", "nll_is", "active_units", "active_z1", "active_z2"]].mean()
         if not {"mim", "vae"} <= set(sub.index):
             continue
         ps = image_study.PRIOR_SHORT[p]
@@ -509,7 +510,9 @@ for d in datasets:
                      f"(VAE), a gap of {gap:+.3f} (paper: {paper_gap:+.2f}); NLL {sub.nll_is['mim']:.1f} vs "
                      f"{sub.nll_is['vae']:.1f} nats; rate {last.rate['mim']:.0f} vs {last.rate['vae']:.0f} nats and "
                      f"reconstruction {last.recon_train['mim']:.0f} vs {last.recon_train['vae']:.0f} nats in the last "
-                     f"training epoch; active units {sub.active_units['mim']:.0f} vs {sub.active_units['vae']:.0f} of 80.")
+                     f"training epoch; active units {sub.active_units['mim']:.0f} (z1 {sub.active_z1['mim']:.0f}, z2 "
+                     f"{sub.active_z2['mim']:.0f}) vs {sub.active_units['vae']:.0f} (z1 {sub.active_z1['vae']:.0f}, "
+                     f"z2 {sub.active_z2['vae']:.0f}) of 80.")
 lines.append(f"- Over all {len(res)} models on this page, 5-NN with sampled codes ranges from {res.knn5.min():.3f} to "
              f"{res.knn5.max():.3f}, and with mean codes from {res.knn5_mean.min():.3f} to {res.knn5_mean.max():.3f}.")
 display(Markdown("\n".join(lines)))
@@ -532,7 +535,10 @@ display(Markdown("\n".join(lines)))
 # in the paper, so neither model has converged and the gap may still change with training (the learning
 # curves show whether it is still moving); (ii) the decoder-sampled MIM term uses a sampled binary image
 # with a score-function gradient, where the reference code used the Bernoulli mean image; (iii) the
-# decoder-sampled $z$ comes from the $\mathcal{N}(0, I)$ anchor, not the model prior; (iv) bfloat16
+# decoder-sampled $z$ comes from the $\mathcal{N}(0, I)$ anchor, not the model prior, so with the VampPrior
+# the decoder-sampled pairs ask the encoder to map the model's images back to codes spread like
+# $\mathcal{N}(0, I)$ rather than like the VampPrior (we expect this to matter for the top latent $z_2$,
+# the one the VampPrior models, and have not measured it); (iv) bfloat16
 # convolutions (their effect on a likelihood is measured just above); (v) one seed in the `book` preset
 # where the reference runs used 10, so differences of a few hundredths are within seed-to-seed spread;
 # (vi) the NLL uses 100 importance samples on 1,000 test images, not 5,000 on all 10,000, so it is a
