@@ -16,12 +16,14 @@ CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.py))
 THEORY := $(filter book/01_% book/02_% book/03_%,$(CHAPTERS))
 EXPERIMENTS := $(filter-out $(THEORY),$(CHAPTERS))
 
-.PHONY: help venv book test unit smoke nbval book-strict notebooks clean
+.PHONY: help venv book test unit smoke nbval book-strict notebooks runs-images runs-pixelhvae clean
 
 help:
 	@echo "make book   - render the book from the committed notebooks into _build/html"
 	@echo "make test   - unit tests, every chapter via papermill (smoke preset), nbval, strict book build"
 	@echo "make notebooks - re-execute every chapter with its committed (book) preset (long)"
+	@echo "make runs-images DATASET=mnist    - the book runs of chapter 05 for one dataset, JOBS=2 at a time (hours)"
+	@echo "make runs-pixelhvae DATASET=mnist - the book runs of chapter 06 for one dataset (hours)"
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -73,6 +75,23 @@ notebooks: venv
 	  $(BIN)/jupytext --quiet --to ipynb --set-kernel python3 $$py && \
 	  (cd book && ../$(BIN)/jupyter execute --inplace --timeout=-1 $$(basename $${py%.py}).ipynb) || exit 1; \
 	done
+
+# The book runs of the image chapters for one DATASET (mnist or fashion-mnist), JOBS at a time with one
+# torch thread each, longest first; resumable: re-running continues unfinished runs and loads finished ones.
+DATASET ?= mnist
+JOBS ?= 2
+RUNS_DIR ?= runs
+RUN_IMAGE := MIMLIB_PROGRESS=0 xargs -P $(JOBS) -L 1 $(PY) -m mimlib.image_study --preset book --threads 1 \
+	--runs-dir $(RUNS_DIR) --dataset $(DATASET)
+
+runs-images: venv
+	@mkdir -p $(RUNS_DIR)
+	printf '%s\n' "--prior vampprior --objective mim" "--prior standard --objective mim" \
+	  "--prior vampprior --objective vae" "--prior standard --objective vae" | $(RUN_IMAGE)
+
+runs-pixelhvae: venv
+	@mkdir -p $(RUNS_DIR)
+	printf '%s\n' "--model pixelhvae --objective vae" "--model pixelhvae --objective amim" | $(RUN_IMAGE)
 
 clean:
 	rm -rf _build

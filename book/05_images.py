@@ -65,7 +65,7 @@
 # ```
 #
 # Re-running the same command continues from the last checkpoint; this chapter then loads the
-# finished runs.
+# finished runs. `make runs-images DATASET=mnist` runs all of a dataset's book runs this way, two at a time.
 
 # %% tags=["parameters"]
 preset = "book"
