@@ -361,15 +361,8 @@ print(f"\nNLL: {int(first.nll_samples)} importance samples on {int(first.nll_poi
 # trained; a run that shared the CPU with other work than its partner job is slower than the plan below.
 
 # %%
-per_epoch = (study.history.sort_values("epoch").groupby(["dataset", "prior", "objective", "seed"], sort=False)
-             .seconds.apply(lambda s: s.diff().fillna(s.iloc[0])).groupby(["dataset", "prior", "objective", "seed"])
-             .agg(["median", "min", "max"]))
-timing = per_epoch.join(res.set_index(["dataset", "prior", "objective", "seed"])[
-    ["steps_per_epoch", "epochs", "seconds", "eval_seconds"]])
-timing["median s/step"] = timing["median"] / timing.steps_per_epoch
-timing = timing.rename(columns={"median": "median s/epoch", "min": "min s/epoch", "max": "max s/epoch",
-                                "seconds": "training s", "eval_seconds": "evaluation s"})
-print(timing.drop(columns="steps_per_epoch").round(2).to_string())
+timing = image_study.time_per_epoch(study)
+print(timing.round(2).to_string())
 print(f"\ntotal training time {res.seconds.sum() / 3600:.2f} h and evaluation {res.eval_seconds.sum() / 3600:.2f} h "
       f"summed over the {len(res)} models")
 

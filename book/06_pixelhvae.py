@@ -414,6 +414,13 @@ path = write_results(res, results_dir, "images" if preset == "book" else f"image
 print(f"wrote {path}: {len(res)} rows, columns {list(res.columns)}")
 
 # %% [markdown]
+# **Time per epoch**, from each run's history, as the runs measured it where they were trained (training
+# and validation; the learning-curve k-NN excluded), to set beside the plan under *Training schedule*:
+
+# %%
+print(image_study.time_per_epoch(study).round(2).to_string())
+
+# %% [markdown]
 # ## Figures 4 and 5: reconstructions and samples
 #
 # As in the paper's Figs. 4 (Fashion-MNIST) and 5 (MNIST): test images (binarised once), their VAE and

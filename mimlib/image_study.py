@@ -65,7 +65,7 @@ from .nets.pixelhvae import PixelHVAE
 from .objectives import get_objective
 from .train import FitConfig, FitResult, config_hash, fit
 
-__all__ = ["ImageStudyConfig", "StudyResult", "load_data", "build_model", "train_model",
+__all__ = ["ImageStudyConfig", "StudyResult", "load_data", "build_model", "train_model", "time_per_epoch",
            "evaluate_model", "run_study", "embed", "posterior_means", "active_units",
            "knn_accuracies", "run_name", "reconstructions", "samples", "MODELS", "main"]
 
@@ -580,6 +580,25 @@ class StudyResult:
     data: dict[str, I.BinarizedImages] = field(repr=False)
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
+
+
+def time_per_epoch(study: "StudyResult") -> pd.DataFrame:
+    """Measured time of each model's training (chapters 05 and 06, "Time per epoch").
+
+    One row per (dataset, prior, objective, seed): the median, min and max seconds of an epoch
+    (training and validation; the learning-curve k-NN excluded), the median per optimiser step, the
+    epochs run, the whole training and the final evaluation, as the runs measured them.
+    """
+    keys = ["dataset", "prior", "objective", "seed"]
+    hist = study.history.sort_values("epoch")
+    per_epoch = hist.groupby(keys, sort=False).seconds.transform(lambda s: s.diff().fillna(s.iloc[0]))
+    stats = per_epoch.groupby([hist[k] for k in keys]).agg(["median", "min", "max"])
+    res = study.results.set_index(keys)
+    out = stats.join(res[["steps_per_epoch", "epochs", "seconds", "eval_seconds"]])
+    out["median s/step"] = out["median"] / out.steps_per_epoch
+    return out.drop(columns="steps_per_epoch").rename(columns={
+        "median": "median s/epoch", "min": "min s/epoch", "max": "max s/epoch",
+        "seconds": "training s", "eval_seconds": "evaluation s"})
 
 
 def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None, seeds=None,

@@ -195,3 +195,20 @@ def test_fast_compute_keeps_model_and_float32_densities():
         torch.testing.assert_close(b, a, rtol=1e-2, atol=0.5)
     with pytest.raises(ValueError):
         m.set_compute("fp16")
+
+
+def test_time_per_epoch_differences_cumulative_seconds():
+    """The history holds cumulative seconds; time_per_epoch turns them into per-epoch statistics."""
+    key = dict(dataset="mnist", prior="standard", seed=0)
+    hist = pd.DataFrame([{**key, "objective": "mim", "epoch": e, "seconds": s} for e, s in [(2, 45.0), (0, 10.0), (1, 25.0)]]
+                        + [{**key, "objective": "vae", "epoch": e, "seconds": s} for e, s in [(0, 4.0), (1, 12.0)]])
+    res = pd.DataFrame([{**key, "objective": "mim", "steps_per_epoch": 5, "epochs": 3, "seconds": 45.0, "eval_seconds": 7.0},
+                        {**key, "objective": "vae", "steps_per_epoch": 4, "epochs": 2, "seconds": 12.0, "eval_seconds": 3.0}])
+    study = S.StudyResult(results=res, history=hist, models={}, data={})
+    t = S.time_per_epoch(study)
+    mim = t.loc[("mnist", "standard", "mim", 0)]
+    assert (mim["median s/epoch"], mim["min s/epoch"], mim["max s/epoch"]) == (15.0, 10.0, 20.0)
+    assert mim["median s/step"] == 3.0 and mim["training s"] == 45.0 and mim["evaluation s"] == 7.0
+    vae = t.loc[("mnist", "standard", "vae", 0)]
+    assert (vae["median s/epoch"], vae["min s/epoch"], vae["max s/epoch"]) == (6.0, 4.0, 8.0)
+    assert vae["median s/step"] == 1.5
