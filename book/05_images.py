@@ -39,12 +39,6 @@
 # As long as the page shows `smoke`, the book run has not been done for this page.
 # :::
 #
-# :::{note} Work in progress: MNIST only
-# This page shows the `book` runs of MNIST. The four Fashion-MNIST runs of the same schedule are still
-# training; until they are done, the Fashion-MNIST row of Table 1 shows the paper's numbers only, and
-# `datasets` below is set to MNIST.
-# :::
-#
 # **Re-running.** The cell below holds the parameters. `preset` is one of `smoke` (minutes, for CI),
 # `book` (the run meant to be committed, sized for a 2-core CPU) and `paper` (appendix D.2 as
 # written, for a GPU); any setting can be overridden, e.g. with papermill:
@@ -69,7 +63,7 @@
 
 # %% tags=["parameters"]
 preset = "book"
-datasets = ["mnist"]  # None: both; the Fashion-MNIST book runs are still training (see the note above)
+datasets = None      # e.g. ["mnist"]; None: both
 priors = None        # e.g. ["standard"]; None: standard and VampPrior
 objectives = None    # None: ["mim", "vae"]
 seeds = None         # e.g. [0, 1]; None: [0]

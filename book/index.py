@@ -36,8 +36,8 @@
 #   is wrong the chapter says so.
 # * **Experiments.** {ref}`ch-mixture2d` trains MIM and VAE models on a 2-D mixture (paper
 #   Figs. 1 and 3) and compares them with the authors' reference code; {ref}`ch-images` trains the convHVAE of the VampPrior paper with MIM and with the
-#   VAE objective on MNIST and compares the latent codes by k-NN accuracy (Table 1, Fig. 2); its
-#   Fashion-MNIST runs are still training.
+#   VAE objective on MNIST and Fashion-MNIST and compares the latent codes by k-NN accuracy (Table 1,
+#   Fig. 2).
 # * **In progress.** The PixelHVAE experiment (Figs. 4 and 5, A-MIM) has its code in `mimlib`
 #   (`nets/pixelhvae.py`, `image_study.py`) and a draft chapter, `book/06_pixelhvae.py`, that the tests
 #   run with the fast preset. A chapter joins the book once its `book`-preset runs are done, so that no

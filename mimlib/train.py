@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: tqdm.auto would need ipywidgets in notebooks and warns without it
 
 from .objectives import Loss
 
