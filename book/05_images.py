@@ -411,14 +411,7 @@ plt.show()
 # gradient, {eq}`eq-img-score`) rewards making small. The grey band covers the images seen with $\beta < 1$ (the warm-up).
 
 # %%
-hist = study.history.copy()
-lpxz = [c for c in ("enc/log p(x|z)", "log p(x|z)") if c in hist]   # MIM rows have the first, VAE rows the second
-hist["recon_train"] = -hist[lpxz].bfill(axis=1).iloc[:, 0]
-if "dec/log p(x|z)" in hist:
-    hist["dec_nll"] = -hist["dec/log p(x|z)"]
-# rate: the mean of log q(z|x) - log p(z) on training batches (the VAE's KL term; MIM's encoder-sampled pairs)
-rate_mim = hist["enc/log q(z|x)"] - hist["enc/log p(z)"] if "enc/log q(z|x)" in hist else np.nan
-hist["rate"] = hist["kl"].fillna(rate_mim) if "kl" in hist else rate_mim
+hist = image_study.training_curves(study.history)   # adds recon_train, rate and (MIM) dec_nll
 panels = [("curve_knn", "5-NN accuracy (validation, mean codes)"), ("val_loss", "validation loss (nats)"),
           ("recon_train", "-log p(x|z), training (nats)"), ("rate", "rate: log q(z|x) - log p(z) (nats)"),
           ("dec_nll", "-log p(x|z), decoder-sampled (MIM)")]

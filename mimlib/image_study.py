@@ -66,7 +66,7 @@ from .objectives import get_objective
 from .train import FitConfig, FitResult, config_hash, fit
 
 __all__ = ["ImageStudyConfig", "StudyResult", "load_data", "build_model", "train_model", "time_per_epoch",
-           "evaluate_model", "run_study", "embed", "posterior_means", "active_units",
+           "evaluate_model", "run_study", "training_curves", "embed", "posterior_means", "active_units",
            "knn_accuracies", "run_name", "reconstructions", "samples", "MODELS", "main"]
 
 PRIOR_SHORT = {"standard": "S", "vampprior": "VP"}
@@ -599,6 +599,26 @@ def time_per_epoch(study: "StudyResult") -> pd.DataFrame:
     return out.drop(columns="steps_per_epoch").rename(columns={
         "median": "median s/epoch", "min": "min s/epoch", "max": "max s/epoch",
         "seconds": "training s", "eval_seconds": "evaluation s"})
+
+
+def training_curves(history: pd.DataFrame) -> pd.DataFrame:
+    """The learning-curve columns of chapters 05 and 06, added to a copy of a study's ``history``.
+
+    ``recon_train``: -log p(x|z) on the training batches (encoder-sampled pairs for MIM / A-MIM);
+    ``rate``: log q(z|x) - log p(z) on them (the VAE's KL term), whose mean over the data bounds the
+    encoder's mutual information from above; ``dec_nll``: -log p(x|z) of MIM's decoder-sampled pairs
+    (only when some run is symmetric MIM). VAE rows carry ``log p(x|z)`` / ``kl``, MIM rows ``enc/...``.
+    """
+    hist = history.copy()
+
+    def col(name: str) -> pd.Series:
+        return hist[name] if name in hist else pd.Series(np.nan, index=hist.index)
+
+    hist["recon_train"] = -col("enc/log p(x|z)").fillna(col("log p(x|z)"))
+    hist["rate"] = col("kl").fillna(col("enc/log q(z|x)") - col("enc/log p(z)"))
+    if "dec/log p(x|z)" in hist:
+        hist["dec_nll"] = -hist["dec/log p(x|z)"]
+    return hist
 
 
 def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None, seeds=None,

@@ -212,3 +212,19 @@ def test_time_per_epoch_differences_cumulative_seconds():
     vae = t.loc[("mnist", "standard", "vae", 0)]
     assert (vae["median s/epoch"], vae["min s/epoch"], vae["max s/epoch"]) == (6.0, 4.0, 8.0)
     assert vae["median s/step"] == 1.5
+
+
+def test_training_curves_merge_vae_and_mim_columns():
+    """VAE rows carry log p(x|z) / kl, MIM and A-MIM rows enc/...: one recon_train and rate column for both."""
+    hist = pd.DataFrame([
+        {"objective": "vae", "log p(x|z)": -90.0, "kl": 3.0},
+        {"objective": "amim", "enc/log p(x|z)": -80.0, "enc/log q(z|x)": 126.5, "enc/log p(z)": 124.0},
+    ])
+    out = S.training_curves(hist)
+    assert out.recon_train.tolist() == [90.0, 80.0]
+    assert out.rate.tolist() == [3.0, 2.5]
+    assert "dec_nll" not in out and "recon_train" not in hist   # the input is not modified
+    mim = pd.DataFrame([{"objective": "mim", "enc/log p(x|z)": -70.0, "enc/log q(z|x)": 10.0,
+                         "enc/log p(z)": 4.0, "dec/log p(x|z)": -30.0}])
+    out = S.training_curves(mim)
+    assert (out.recon_train.item(), out.rate.item(), out.dec_nll.item()) == (70.0, 6.0, 30.0)
