@@ -599,6 +599,16 @@ display(Markdown("\n".join(lines)))
 # (large $\log q_\theta(z|x)$), and its loss {eq}`eq-pix-amim-sample` rewards codes where the learned
 # VampPrior is dense (large $\log p_\theta(z)$), i.e. near the posteriors of its pseudo-inputs.
 #
+# This points to a degenerate optimum of A-MIM that the VAE does not share. If the decoder can model
+# the images without the code, an encoder that sends *every* image to nearly the same, very sharp code
+# at a mode of the prior loses almost nothing in $\log p_\theta(x|z)$ and gains the most in
+# $\log p_\theta(z)$: {eq}`eq-pix-amim-sample` has no term that asks $z$ to depend on $x$. Symmetric MIM
+# has one, the decoder-sampled half, which asks the encoder to recover $z$ from the model's own samples;
+# A-MIM drops exactly that half. The VAE's entropy reward keeps its posteriors wide instead, which does
+# not make its code informative either, but keeps it from collapsing onto one point. Few or no active
+# units, a rate near zero and a 5-NN accuracy near chance (0.1) on sampled codes, in the list above,
+# are the signature of that collapse; reconstructions that do not resemble their inputs are its picture.
+#
 # **Differences from the paper that could move the pictures and numbers**: (i) the `book` schedule is
 # 3,500 steps per model against up to 1,000,000 with early stopping in the paper, so neither model has
 # converged; (ii) bfloat16 convolutions in training and evaluation (chapter {ref}`ch-images` measures
