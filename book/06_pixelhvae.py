@@ -40,11 +40,6 @@
 # As long as the page shows `smoke`, the book run has not been done for this page.
 # :::
 #
-# :::{note} Work in progress: MNIST only
-# This page shows the `book` runs of MNIST (Fig. 5). The two Fashion-MNIST runs of the same schedule
-# (Fig. 4) are still training; until they are done, `datasets` below is set to MNIST.
-# :::
-#
 # **Re-running.** The cell below holds the parameters. `preset` is one of `smoke` (minutes, for CI),
 # `book` (the run meant to be committed, sized for a 2-core CPU) and `paper` (appendix D.2's settings,
 # for a GPU); any setting can be overridden, e.g. with papermill:
@@ -71,7 +66,7 @@
 
 # %% tags=["parameters"]
 preset = "book"
-datasets = ["mnist"]  # None: both; the Fashion-MNIST book runs are still training (see the note above)
+datasets = None      # e.g. ["mnist"]; None: both
 objectives = None    # None: ["vae", "amim"]
 seeds = None         # e.g. [0, 1]; None: [0]
 max_epochs = None

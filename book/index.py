@@ -39,7 +39,7 @@
 #   VAE objective on MNIST and Fashion-MNIST and compares the latent codes by k-NN accuracy (Table 1,
 #   Fig. 2); {ref}`ch-pixelhvae` swaps the decoder for a PixelCNN, trains it with A-MIM and the VAE, and
 #   shows reconstructions and samples (Figs. 4 and 5) with the NLL, reconstruction and 5-NN accuracy
-#   the paper does not report; its Fashion-MNIST runs are still training.
+#   the paper does not report.
 # * A chapter joins the book once its `book`-preset runs are done, so that no page shows numbers that
 #   are not results.
 #
