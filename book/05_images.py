@@ -90,7 +90,7 @@ from sklearn.manifold import TSNE
 from mimlib import image_study, images, objectives as objectives_module, presets
 from mimlib.book import print_run_settings, show_source, write_results
 from mimlib.nets import hvae
-from mimlib.plots import OBJECTIVE_COLORS
+from mimlib.plots import DATASET_NAMES as NAMES, OBJECTIVE_COLORS
 from mimlib.published import published
 
 cfg = presets.resolve("images", preset, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
@@ -315,7 +315,6 @@ print(f"wrote {path}: {len(res)} rows, columns {list(res.columns)}")
 # produced our numbers are printed under the table.
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
-NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 pub = published("images")
 pub = pub[pub.metric == "knn5"].assign(dataset=lambda d: d.setting.str.split("/").str[0],
                                        prior=lambda d: d.setting.str.split("-").str[-1])

@@ -13,10 +13,11 @@ from matplotlib.patches import Ellipse
 
 from .data import mixture_log_density, sample_mixture
 
-__all__ = ["OBJECTIVE_COLORS", "plot_mixture_panels", "plot_metric_sweep"]
+__all__ = ["OBJECTIVE_COLORS", "OBJECTIVE_NAMES", "DATASET_NAMES", "plot_mixture_panels", "plot_metric_sweep"]
 
 OBJECTIVE_COLORS = {"mim": "tab:blue", "vae": "tab:red", "amim": "tab:green"}
 OBJECTIVE_NAMES = {"mim": "MIM", "vae": "VAE", "amim": "A-MIM"}
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 
 def _density_contours(ax, lim: float = 2.2):

@@ -69,8 +69,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # budget. 3,500 steps = 350,000 images = 7 passes; KL/MIM weight 1 from the 4th epoch (after 750
         # steps): 11 of 14 epochs (79%) at weight 1. Early stopping patience 5 on 2,000 validation images.
         # One torch thread per job (threads is not part of a run's hash). The book runs themselves measured
-        # steps about 2.4x faster than the step times above (taken while other jobs shared the CPU), so each
-        # pair finished well inside the budget; chapter 06 prints the plan beside what the runs measured.
+        # faster steps than the step times above (taken while other jobs shared the CPU), so each pair
+        # finished well inside the budget; chapter 06 prints the plan beside what the runs measured.
         "book": dict(preset="book", model="pixelhvae", prior="vampprior", steps_per_epoch=250, max_epochs=14,
                      warmup_epochs=4, patience=5, n_val_subset=2_000, precision="bf16", channels_last=True,
                      eval_precision="bf16", nll_samples=100, n_nll_points=1_000, threads=1),
