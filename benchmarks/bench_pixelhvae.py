@@ -16,8 +16,11 @@ paper's "PixelHVAE (VP)") and prints
   encoder / decoder passes and the score-function term), the part of it that
   is decoder sampling alone, and the extrapolated seconds per epoch.
 
+The first line names the CPU and what ``precision="auto"`` picks (:mod:`mimlib.precision`); the
+model computes in ``--precision`` (default ``auto``), channels last unless ``--no-channels-last``.
+
 Usage: ``python benchmarks/bench_pixelhvae.py [--steps 5] [--threads 1] [--batch 100]
-[--prior vampprior|standard]``
+[--prior vampprior|standard] [--precision auto|fp32|bf16]``
 """
 
 from __future__ import annotations
@@ -47,20 +50,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--batch", type=int, default=100, help="training batch size (paper: 100)")
     ap.add_argument("--prior", default="vampprior", choices=["vampprior", "standard"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="compute precision (default auto: bf16 only with native bf16, mimlib.precision)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args(argv)
 
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from mimlib import objectives
+    from mimlib import precision as P
     from mimlib.nets.pixelhvae import PixelHVAE
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = PixelHVAE(args.prior)
+    model = PixelHVAE(args.prior).set_compute(args.precision, args.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
     steps_per_epoch = N_TRAIN // args.batch
-    print(f"PixelHVAE ({args.prior}), {n_params:,} parameters; {args.threads} thread(s), "
+    print(P.describe())
+    print(f"PixelHVAE ({args.prior}), {n_params:,} parameters; precision {model.precision} (asked: "
+          f"{args.precision}), channels_last {model.channels_last}; {args.threads} thread(s), "
           f"{args.steps} timed repetitions; torch {torch.__version__}")
 
     # -- sampling ---------------------------------------------------------------

@@ -36,8 +36,11 @@
 #     -p preset book -y "hidden: [5, 50]" -y "seeds: [0, 1, 2]" -p results_dir /tmp/results
 # ```
 #
-# Trained groups are kept in `runs_dir` (one folder per objective, width and configuration, with a
-# checkpoint after every epoch), so an interrupted run resumes and a finished one is loaded.
+# Every finished group (objective and width, all seeds) leaves a *run record* in
+# `results_dir/records/mixture2d/` (committed: its configuration, history, evaluation rows and the
+# arrays of Fig. 1, no weights; `mimlib.records`), so re-executing this chapter needs no training.
+# Groups being trained are kept in `runs_dir` (one folder per objective, width and configuration, with
+# a checkpoint after every epoch), so an interrupted run resumes.
 
 # %% tags=["parameters"]
 preset = "book"
@@ -47,6 +50,7 @@ patience = None
 max_epochs = None
 device = None        # "cpu" or "cuda"
 ablation_lr = 3e-4   # learning rate of the ablation at the largest width (None skips it)
+workers = 2          # processes of one torch thread each that share the groups (1: this process)
 results_dir = "results"
 runs_dir = "../runs"
 
@@ -60,7 +64,7 @@ import pandas as pd
 import torch
 from myst_nb import glue
 
-from mimlib import data, metrics, objectives, plots, presets
+from mimlib import data, metrics, objectives, plots, precision, presets
 from mimlib.book import show_source, write_results
 from mimlib.mixture2d import run_sweep
 from mimlib.nets import mlp
@@ -69,6 +73,7 @@ from mimlib.published import mixture2d_reference, published
 torch.set_num_threads(max(1, torch.get_num_threads()))
 cfg = presets.resolve("mixture2d", preset, hidden=hidden, seeds=seeds, patience=patience,
                       max_epochs=max_epochs, device=device)
+records_dir = f"{results_dir}/records"   # committed run records (no weights)
 settings = {k: v for k, v in vars(cfg).items()}
 print(f"preset: {preset}")
 for k, v in settings.items():
@@ -158,11 +163,16 @@ show_source(objectives._mim_decoder_term, strip_docstring=True)
 # %% [markdown]
 # `mim` returns $\tfrac12(\hat{\mathcal{L}}_{\mathrm{enc}} + \hat{\mathcal{L}}_{\mathrm{dec}})$, an
 # estimate of $\mathcal{L}_{\mathrm{MIM}}$ itself; Algorithm 1 sums the two, a factor of two that Adam
-# does not see. During the warm-up the weight $\beta$ multiplies $\log q_\theta(z|x) + \log q_\theta(x)$
-# and the decoder-sampled half (the reference code's scheme); the VAE's $\beta$ multiplies its KL term.
+# does not see. During the warm-up the weight $\beta$ multiplies $\log q_\theta(z|x) + \log q_\theta(x)$,
+# as in the reference code's 2-D loss, and the decoder-sampled half, which ours adds from the first step;
+# the reference code adds that half only once $\beta = 1$ (`MIMOptions(decoder_start="after_warmup")`).
+# The VAE's $\beta$ multiplies its KL term.
 #
 # **Training protocol.** Adam with learning rate $10^{-3}$ and batches of 128 {cite:p}`kingma2015adam`;
-# $\beta = \min(1, (\text{epoch}+1)/3)$ as in the reference code; after the warm-up, each seed's
+# $\beta = \min(1, (\text{epoch}+1)/3)$ as in the reference code, at a constant learning rate (the
+# reference code also warms the learning rate up over those 3 epochs, the first at rate 0, and then
+# decays it as $10^{-3}\sqrt{3/\text{epoch}}$; the `reference` preset runs that schedule, its late
+# decoder-sampled half and its patience of 3, `mimlib.optim`); after the warm-up, each seed's
 # validation loss (at $\beta=1$, with fixed noise) is tracked and a seed stops after `patience` = 10
 # epochs without improvement (appendix D.1), keeping its best parameters; at most `max_epochs`.
 # The reference code instead stopped after 3 epochs without improvement of the *test* loss.
@@ -170,18 +180,21 @@ show_source(objectives._mim_decoder_term, strip_docstring=True)
 # %% [markdown]
 # ## Training the sweep
 #
-# Every objective and width, all seeds batched. The progress bars go to stderr; the wall time of the
-# whole sweep is printed at the end.
+# Every objective and width, all seeds batched; the 16 groups are shared by `workers` processes of
+# one torch thread each (on a small CPU the 2-D networks are too small to split over threads, so whole
+# groups in parallel go faster). The progress bars go to stderr; the wall time of the whole sweep is
+# printed at the end.
 
 # %% tags=["NBVAL_IGNORE_OUTPUT"]
 t0 = time.perf_counter()
-sweep = run_sweep(cfg, runs_dir=runs_dir)
+sweep = run_sweep(cfg, runs_dir=runs_dir, workers=workers, records_dir=records_dir)
 wall = time.perf_counter() - t0
 res = sweep.results
-print(f"sweep wall time in this execution: {wall:.0f} s "
-      f"({len(res)} models; {'loaded from ' + runs_dir if wall < 0.5 * sweep.train_seconds else 'trained now'})")
+print(f"sweep wall time in this execution: {wall:.0f} s ({len(res)} models; {len(sweep.trained)} of "
+      f"{len(sweep.panels)} groups trained or evaluated now, the others read from their records)")
 print(f"training time of all groups, as measured when they were trained: {sweep.train_seconds:.0f} s")
-print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}")
+print(f"torch {torch.__version__}, {workers} worker process(es) of one thread, device {cfg.device}")
+print(precision.describe())
 
 # %%
 path = write_results(res, results_dir, "mixture2d" if preset == "book" else f"mixture2d-{preset}")
@@ -200,7 +213,7 @@ print(f"wrote {path}: {len(res)} rows, columns {list(res.columns)}")
 
 # %%
 fig1_hidden = [h for h in (5, 20, 500) if h in cfg.hidden] or list(cfg.hidden[:3])
-fig = plots.plot_mixture_panels(sweep.models, fig1_hidden, res)
+fig = plots.plot_mixture_panels(sweep.panels, fig1_hidden, res)
 plt.show()
 
 # %% [markdown]
@@ -320,7 +333,7 @@ plt.show()
 # %% tags=["NBVAL_IGNORE_OUTPUT"]
 if ablation_lr is not None:
     abl_cfg = dataclasses.replace(cfg, hidden=(max(cfg.hidden),), objectives=("mim",), lr=ablation_lr)
-    abl = run_sweep(abl_cfg, runs_dir=runs_dir)
+    abl = run_sweep(abl_cfg, runs_dir=runs_dir, records_dir=records_dir)
     both = pd.concat([res[(res.objective == "mim") & (res.hidden == max(cfg.hidden))].assign(lr=cfg.lr),
                       abl.results.assign(lr=ablation_lr)])
     abl_table = both.groupby("lr")[["mi_ksg", "knn5", "recon_mean", "nll_is", "epochs"]].agg(["mean", "std"])
@@ -377,8 +390,10 @@ if ablation_lr is not None:
 #   test loss, and at the smallest width {glue:text}`n_capped_small` of our
 #   {glue:text}`n_small` models (both objectives) ran to the `max_epochs` cap.
 #
-# **Cost.** The whole `book` sweep (160 models) trained in {glue:text}`train_minutes:.1f` minutes on the
-# machine that produced this page (printed above, with the thread count), against about
-# {glue:text}`reference_hours:.1f` hours for the reference code on a 2-core CPU (`mimlib/published.csv`), where per-sample data loading and a KSG estimate every epoch
-# dominate and each seed trains alone. `benchmarks/bench_mixture2d.py` measures the gain from training
-# the seeds as one batched model.
+# **Cost.** The whole `book` sweep (160 models in 16 batched groups) took {glue:text}`train_minutes:.1f`
+# minutes of training, summed over its groups, on the machine that trained it (the CPU and the number of
+# worker processes are printed above; re-executing this page reads the groups from their run records and
+# trains nothing), against about {glue:text}`reference_hours:.1f` hours for the reference code on a
+# 2-core CPU (`mimlib/published.csv`), where per-sample data loading and a KSG estimate every epoch
+# dominate and each seed trains alone. `benchmarks/bench_mixture2d.py sweep` measures the wall time of
+# the whole sweep against an older revision of this code, side by side on one machine.

@@ -239,17 +239,21 @@ show_source(objectives_module._mim_decoder_term, strip_docstring=True)
 # stopping after 50 epochs without a better validation loss, and the KL/MIM weight $\beta$ warmed up
 # over the first 100 epochs (50,000 steps). The `paper` preset follows it (float32; meant for a GPU).
 #
-# **What fits on the book's machine.** Measured on the 2-core CPU the book is built on
-# (`benchmarks/bench_hvae.py --compare --steps 3`, one thread, batches of 100), one training step takes,
-# in float32 with the usual memory layout, 1.31 s (VAE-S), 2.48 s (MIM-S), 2.47 s (VAE-VP) and 3.40 s
-# (MIM-VP): one pass over the 50,000 training images costs 11 to 28 minutes per model. Two changes that
-# leave the model and its parameters untouched make a step 3.2 to 4.1 times faster: convolutions and
-# dense layers run in bfloat16 under `torch.autocast` (the CPU's AMX units), while parameters, optimiser
-# state, the outputs of every block and all log-densities stay float32; and the convolutions use the
-# channels-last layout. A step then takes 0.32 s (VAE-S), 0.74 s (MIM-S), 0.77 s (VAE-VP) and 1.02 s
-# (MIM-VP). MIM costs twice the VAE because it runs the decoder and the encoder on a second,
-# decoder-sampled batch; the VampPrior adds the encoding of its 500 pseudo-inputs at every step. (These
-# are single measurements on a machine shared with other jobs; expect 10-20% spread.)
+# **What a step costs depends on the CPU.** `benchmarks/bench_hvae.py` prints, for the machine it runs
+# on, the seconds per training step of each model in float32 and in bfloat16, the FLOPs of a step, and
+# the fraction of that machine's own matrix-multiply speed the step reaches; its saved outputs, each
+# headed by the CPU it was measured on, are in `benchmarks/results/`. Two settings leave the model and
+# its parameters untouched and change only the rounding: convolutions and dense layers in bfloat16
+# under `torch.autocast` (parameters, optimiser state, the outputs of every block and all log-densities
+# stay float32), and the channels-last memory layout. bfloat16 is several times *faster* on CPUs that
+# compute it natively (AMX, AVX512-BF16) and many times *slower* on the others, where it is emulated
+# (AVX2-only CPUs such as AMD's Zen 3). So the presets ask for `precision="auto"`
+# (`mimlib.precision`): bfloat16 only where the CPU has the instructions and a one-second
+# measurement confirms the gain, float32 elsewhere. Precision is not part of a run's identity; the
+# results table records what each run computed in (its `precision` column), and the committed runs of
+# this page were trained in bfloat16 on a 2-core CPU with AMX. MIM costs about twice the VAE per step
+# because it runs the decoder and the encoder on a second, decoder-sampled batch; the VampPrior adds the
+# encoding of its 500 pseudo-inputs at every step.
 #
 # **The `book` schedule.** Every model gets the same number of steps, so MIM and the VAE are compared at
 # equal numbers of images seen: 16 epochs of 250 steps, i.e. 4,000 steps, 400,000 images, 8 passes over
@@ -259,14 +263,10 @@ show_source(objectives_module._mim_decoder_term, strip_docstring=True)
 # images with patience 5 and keeps each model's best epoch. After every epoch a cheap 5-NN accuracy (mean
 # codes; fit on 10,000 training and scored on 2,000 validation images) feeds the learning curves. Each
 # dataset's four runs go in two single-thread jobs side by side, (VAE-S then MIM-VP) and (MIM-S then
-# VAE-VP): 1.34 s and 1.50 s per step of both models, about 1.6 s once the two jobs slow each other down
-# (we measured up to 20% for two steps side by side). Per job: 4,000 x 1.6 s = 6,400 s of training,
-# about 450 s of per-epoch validation and learning-curve evaluation (16 x 10-17 s per model), and about
-# 380 s to evaluate its two models (all 50,000 + 10,000 images for the k-NN, 100 importance samples on
-# 1,000 test images for the NLL: about 190 s per model), i.e. about 7,250 s or 2.0 hours, inside the
-# 2.5-hour budget. What each run actually took, per epoch and in total, is printed under Table 1: the
-# plan holds when the two jobs have the machine to themselves, and a run is slower wherever other work
-# shared the CPU with it.
+# VAE-VP), a schedule sized so that each job, evaluation included, fits in 2.5 hours on the bfloat16
+# machine that trained the committed runs (on a float32-only CPU, multiply by the ratio
+# `bench_hvae.py` prints). What each run actually took, per epoch and in total, is printed under
+# Table 1, from the runs' own records.
 #
 # **How far this is from the paper.** 4,000 steps are 0.4% of the paper's cap, and fewer than a tenth of
 # its warm-up alone. Neither objective has converged after 8 passes (see the learning curves), so the

@@ -357,8 +357,12 @@ with torch.no_grad():
 # without a better validation loss, the KL/MIM weight warmed up over 100 epochs, and (our evaluation)
 # 5,000 importance samples per test image. The `paper` preset follows it (float32; meant for a GPU).
 #
-# **What fits on the book's machine.** Measured on the 2-core CPU the book is built on (PixelHVAE (VP),
-# batch 100, one thread), a training step takes 4.2 s in float32 and 1.22 s with bfloat16 autocast and
+# **What fits on the machine that trained the committed runs.** The plan below was made on a 2-core CPU
+# with AMX, where bfloat16 is native and fast; on a CPU without native bfloat16, `precision="auto"`
+# trains in float32 instead (`mimlib.precision`, chapter {ref}`ch-images`), and
+# `benchmarks/bench_pixelhvae.py` prints the step times of the machine it runs on (saved outputs, each
+# headed by its CPU, in `benchmarks/results/`). On that machine (PixelHVAE (VP), batch 100, one
+# thread), a training step takes 4.2 s in float32 and 1.22 s with bfloat16 autocast and
 # the channels-last layout (the speed settings of chapter {ref}`ch-images`, `ConvHVAE.set_compute`,
 # which `PixelHVAE` inherits: they apply to the masked convolutions too); VAE and A-MIM steps cost the
 # same, as derived above (`benchmarks/bench_pixelhvae.py --steps 2`, float32: 3.9 s for the VAE, 4.2 s

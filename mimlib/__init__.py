@@ -9,6 +9,10 @@ Where each equation lives:
 * :mod:`mimlib.data`          - the 2-D mixture of section 4
 * :mod:`mimlib.images`        - MNIST / Fashion-MNIST on a search path, checksums, binarisation
 * :mod:`mimlib.train`         - one fit loop for every objective
+* :mod:`mimlib.configs`       - config fields tagged by what they govern; identities derived
+* :mod:`mimlib.records`       - run records (config, history, evaluations, figure arrays), no weights
+* :mod:`mimlib.precision`     - ``precision="auto"``: bfloat16 only where the hardware is fast at it
+* :mod:`mimlib.allocator`     - keep freed memory in the process (glibc), fewer page faults per step
 * :mod:`mimlib.metrics`       - KSG mutual information, k-NN accuracy, NLL, reconstruction
 * :mod:`mimlib.mixture2d`     - the 2-D study end to end (Figs. 1 and 3)
 * :mod:`mimlib.image_study`   - the image study end to end (Table 1, Fig. 2)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import re
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -47,7 +50,10 @@ def write_results(df: pd.DataFrame, results_dir: str | Path, name: str,
 
     ``replace={"model": "pixelhvae"}`` lets two chapters share one file: rows of an existing file
     that match every ``column: value`` of ``replace`` are dropped and ``df`` (whose rows must all
-    match) takes their place; the other rows are kept, in their order, before ``df``'s.
+    match) takes their place; the other rows are kept, in their order, before ``df``'s. Writers of
+    one file (processes or threads) take turns on an exclusive lock (``fcntl.flock`` on
+    ``.name.csv.lock``, released when the writer ends, even by a crash), so the read-modify-write
+    of ``replace`` never loses another writer's rows and a reader never sees half a file.
     """
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +62,8 @@ def write_results(df: pd.DataFrame, results_dir: str | Path, name: str,
         for col, value in replace.items():
             if col not in df.columns or not (df[col] == value).all():
                 raise ValueError(f"write_results: every row to write must have {col} == {value!r}")
-        if path.exists():
+    with _locked(out / f".{name}.csv.lock"):
+        if replace and path.exists():
             old = pd.read_csv(path)
             match = pd.Series(True, index=old.index)
             for col, value in replace.items():
@@ -64,10 +71,38 @@ def write_results(df: pd.DataFrame, results_dir: str | Path, name: str,
             kept = old[~match]
             if len(kept):
                 df = pd.concat([kept, df], ignore_index=True)
-    tmp = out / f".{name}.csv.tmp"
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.csv.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                df.to_csv(f, index=False, float_format="%.6g")
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    """An exclusive advisory lock on ``lock_path`` for the block (no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:   # Windows: no advisory locks; writes stay atomic, concurrent replace may race
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def print_run_settings(preset: str, cfg, skip: tuple[str, ...] = (), train_images: int | None = None) -> None:

@@ -59,15 +59,18 @@ import pandas as pd
 import torch
 
 from . import images as I
+from . import configs as C
 from . import metrics
-from .nets.hvae import PRECISIONS, ConvHVAE
+from .nets.hvae import ConvHVAE
 from .nets.pixelhvae import PixelHVAE
-from .objectives import get_objective
+from .objectives import MIMOptions, get_objective
+from .precision import REQUESTS, resolve_precision
+from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
 from .train import FitConfig, FitResult, config_hash, fit
 
 __all__ = ["ImageStudyConfig", "StudyResult", "load_data", "build_model", "train_model", "time_per_epoch",
            "evaluate_model", "run_study", "training_curves", "embed", "posterior_means", "active_units",
-           "knn_accuracies", "run_name", "reconstructions", "samples", "MODELS", "main"]
+           "knn_accuracies", "run_name", "reconstructions", "samples", "figure_arrays", "MODELS", "STUDY", "main"]
 
 PRIOR_SHORT = {"standard": "S", "vampprior": "VP"}
 
@@ -83,51 +86,59 @@ class ImageStudyConfig:
     5e-4, batches of 100, up to 2000 epochs of one pass each, early stopping
     after 50 epochs without a better validation loss, warm-up of the KL/MIM
     weight over 100 epochs, VampPrior with 500 pseudo-inputs, 5,000 importance
-    samples per test point, float32.
+    samples per test point. Precision is ``"auto"`` (:mod:`mimlib.precision`:
+    bfloat16 autocast only where the device is fast at it, else float32, the
+    reference's); it is a runtime setting, not part of the run's identity.
     """
 
-    # what is trained
-    model: str = "convhvae"           # "convhvae" (section 5) or "pixelhvae" (appendix E.2)
-    dataset: str = "mnist"
-    prior: str = "standard"
-    objective: str = "mim"
-    seed: int = 0
-    preset: str = "custom"            # a label only (written to the results); not part of the run's hash
-    # optimisation
-    lr: float = 5e-4
-    batch_size: int = 100
-    max_epochs: int = 2000
-    steps_per_epoch: int | None = None  # None: an epoch is one pass over the training images
-    warmup_epochs: int = 100
-    patience: int = 50
-    n_train_subset: int | None = None   # train on the first n training images only (smoke)
-    n_val_subset: int | None = None     # early-stopping loss on the first n validation images
-    n_pseudo: int = 500
-    pseudo_init: str = "normal"         # "normal": N(0.05, 0.01^2) (reference); "data": K training images + noise
-    # speed (do not change the model; change the rounding)
-    precision: str = "fp32"             # "fp32" or "bf16" (autocast of convolutions and dense layers)
-    channels_last: bool = False
-    # learning curves: a cheap k-NN accuracy after every epoch (0 training images = off)
-    curve_knn_train: int = 10_000       # first n training images (fixed binarisation) the classifier is fit on
-    curve_knn_val: int = 2_000          # first n validation images it is scored on
-    curve_k: int = 5
-    # evaluation
-    knn_ks: tuple[int, ...] = (1, 3, 5, 10)
-    n_knn_train: int | None = None      # None: all training images
-    n_eval_test: int | None = None      # None: all 10,000 test images (k-NN, reconstruction, active units)
-    nll_samples: int = 5_000
-    n_nll_points: int | None = None     # None: all test images used for evaluation
-    nll_chunk: int = 10                 # importance samples per forward pass
-    eval_batch: int = 500
-    eval_precision: str = "fp32"
-    au_threshold: float = 0.01
-    au_samples: int = 10                # samples of z2 for E_q[z1] in the active-unit statistic
-    eval_seed: int = 0
-    # where and how
-    threads: int | None = None          # torch intra-op threads (None: leave as is)
-    device: str = "cpu"                 # "cpu", "cuda" or "auto" (cuda if available)
+    # the grid: which run (part of its identity)
+    model: str = C.grid("convhvae")      # "convhvae" (section 5) or "pixelhvae" (appendix E.2)
+    dataset: str = C.grid("mnist")
+    prior: str = C.grid("standard")
+    objective: str = C.grid("mim")
+    seed: int = C.grid(0)
+    # what is trained and how (the run's identity)
+    lr: float = C.train(5e-4)
+    batch_size: int = C.train(100)
+    max_epochs: int = C.train(2000)
+    steps_per_epoch: int | None = C.train(None)  # None: an epoch is one pass over the training images
+    warmup_epochs: int = C.train(100)
+    patience: int = C.train(50)
+    n_train_subset: int | None = C.train(None)   # train on the first n training images only (smoke)
+    n_val_subset: int | None = C.train(None)     # early-stopping loss on the first n validation images
+    n_pseudo: int = C.train(500)
+    pseudo_init: str = C.train("normal")         # "normal": N(0.05, 0.01^2); "data": K training images + noise
+    eval_batch: int = C.train(500)               # batch of every evaluation pass, the validation loss included
+    eval_seed: int = C.train(0)                  # binarisation of the validation images (and evaluation noise)
+    # learning curves: a cheap k-NN accuracy after every epoch (0 training images = off); in the history
+    curve_knn_train: int = C.train(10_000)       # first n training images (fixed binarisation) it is fit on
+    curve_knn_val: int = C.train(2_000)          # first n validation images it is scored on
+    curve_k: int = C.train(5)
+    # reference-code choices (mimlib.optim, mimlib.objectives.MIMOptions); defaults: this book's until 2026-12
+    optimizer: str = C.train("adam", joined=True)              # "adam-normgrad": the reference's
+    mim_warmup: str = C.train("rescale", joined=True)          # "reference": beta on log p(z2) too
+    mim_decoder_start: str = C.train("always", joined=True)    # "after_warmup": decoder half once beta = 1
+    mim_decoder_z: str = C.train("anchor", joined=True)        # "prior": z of that half from p(z)
+    mim_score_cost: str = C.train("full", joined=True)         # "x_dependent": lower-variance score term
+    # evaluation (the identity of a results row, besides the run)
+    knn_ks: tuple[int, ...] = C.evaluate((1, 3, 5, 10))
+    n_knn_train: int | None = C.evaluate(None)   # None: all training images
+    n_eval_test: int | None = C.evaluate(None)   # None: all 10,000 test images (k-NN, reconstruction, AU)
+    nll_samples: int = C.evaluate(5_000)
+    n_nll_points: int | None = C.evaluate(None)  # None: all test images used for evaluation
+    nll_chunk: int = C.evaluate(10)              # importance samples per forward pass
+    au_threshold: float = C.evaluate(0.01)
+    au_samples: int = C.evaluate(10)             # samples of z2 for E_q[z1] in the active-unit statistic
+    # runtime: where and how fast (the rounding, not the model), and labels; no identity
+    precision: str = C.runtime("auto")           # "auto", "fp32" or "bf16" (autocast of convs and dense layers)
+    eval_precision: str = C.runtime("auto")
+    channels_last: bool = C.runtime(False)
+    threads: int | None = C.runtime(None)        # torch intra-op threads (None: leave as is)
+    device: str = C.runtime("cpu")               # "cpu", "cuda" or "auto" (cuda if available)
+    preset: str = C.runtime("custom")            # a label only (written to the results)
 
     def __post_init__(self):
+        C.check_groups(self)
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {list(MODELS)}, got {self.model!r}")
         if self.dataset not in I.DATASETS:
@@ -135,9 +146,11 @@ class ImageStudyConfig:
         if self.prior not in PRIOR_SHORT:
             raise ValueError(f"prior must be one of {list(PRIOR_SHORT)}, got {self.prior!r}")
         get_objective(self.objective)
+        self.mim_options()
+        self.fit_config()
         for name in ("precision", "eval_precision"):
-            if getattr(self, name) not in PRECISIONS:
-                raise ValueError(f"{name} must be one of {sorted(PRECISIONS)}, got {getattr(self, name)!r}")
+            if getattr(self, name) not in REQUESTS:
+                raise ValueError(f"{name} must be one of {list(REQUESTS)}, got {getattr(self, name)!r}")
         if self.pseudo_init not in ("normal", "data"):
             raise ValueError(f"pseudo_init must be 'normal' or 'data', got {self.pseudo_init!r}")
         for name in ("batch_size", "max_epochs", "patience", "nll_samples", "nll_chunk", "eval_batch",
@@ -158,7 +171,11 @@ class ImageStudyConfig:
 
     def fit_config(self) -> FitConfig:
         return FitConfig(lr=self.lr, max_epochs=self.max_epochs, patience=self.patience,
-                         warmup_epochs=self.warmup_epochs, seed=self.seed)
+                         warmup_epochs=self.warmup_epochs, seed=self.seed, optimizer=self.optimizer)
+
+    def mim_options(self) -> MIMOptions:
+        return MIMOptions(warmup=self.mim_warmup, decoder_start=self.mim_decoder_start,
+                          decoder_z=self.mim_decoder_z, score_cost=self.mim_score_cost)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -168,31 +185,74 @@ class ImageStudyConfig:
     def run_key(self) -> dict[str, Any]:
         """What a trained model (and its training history) depends on: names its run folder.
 
-        Evaluation settings, the preset label, threads and device are left out,
-        so changing them never retrains. ``"model"`` is the model's name
-        (``"convhvae"`` for every convHVAE run, as before the PixelHVAE was added,
-        so their hashes are unchanged).
+        Derived from the field tags (:mod:`mimlib.configs`): the ``grid`` and ``train`` fields.
+        Evaluation settings, the preset label, threads, device, precision and memory layout are
+        left out, so changing them never retrains (a run trained in bf16 loads and resumes on a
+        float32 machine; its history records the precision of every epoch).
         """
-        keep = ("dataset", "prior", "objective", "seed", "lr", "batch_size", "max_epochs", "steps_per_epoch",
-                "warmup_epochs", "patience", "n_train_subset", "n_val_subset", "n_pseudo", "pseudo_init",
-                "precision", "channels_last", "curve_knn_train", "curve_knn_val", "curve_k")
-        d = asdict(self)
-        return {"study": "images", "model": self.model, **{k: d[k] for k in keep}}
+        return {"study": "images", **C.key(self, "grid", "train")}
 
     def eval_key(self) -> dict[str, Any]:
-        """What an evaluation row depends on besides the trained model (names its cache file)."""
-        keep = ("knn_ks", "n_knn_train", "n_eval_test", "nll_samples", "n_nll_points", "nll_chunk",
-                "eval_precision", "au_threshold", "au_samples", "eval_seed")
-        d = asdict(self)
-        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in keep}
+        """What an evaluation row depends on besides the trained model (names its cache file; the
+        evaluation precision is a runtime setting, recorded in the row)."""
+        return C.key(self, "evaluate")
 
 
-def run_name(cfg: ImageStudyConfig) -> str:
+def run_name(cfg: ImageStudyConfig, key: dict[str, Any] | None = None) -> str:
     """Run folder name: readable fields and the hash of :meth:`ImageStudyConfig.run_key`
     (``images-<dataset>-...`` for the convHVAE, ``images-pixelhvae-<dataset>-...`` for the PixelHVAE)."""
     model = "" if cfg.model == "convhvae" else f"{cfg.model}-"
     return (f"images-{model}{cfg.dataset}-{PRIOR_SHORT[cfg.prior]}-{cfg.objective}-s{cfg.seed}-"
-            f"{config_hash(cfg.run_key())}")
+            f"{config_hash(cfg.run_key() if key is None else key)}")
+
+
+#: Until 2026-12 a run's hash also held ``precision`` and ``channels_last`` and left out ``eval_batch``
+#: and ``eval_seed`` (which every committed run had at 500 and 0).
+LEGACY_EVAL_BATCH, LEGACY_EVAL_SEED = 500, 0
+
+
+def _legacy_key(key: dict[str, Any], precision: str, channels_last: bool) -> dict[str, Any]:
+    old = {k: v for k, v in key.items() if k not in ("eval_batch", "eval_seed")}
+    return {**old, "precision": precision, "channels_last": channels_last}
+
+
+def _legacy_run_names(cfg: ImageStudyConfig) -> list[str]:
+    """The names this run's folder had under the legacy hash (every precision / layout combination,
+    since the config no longer says which one trained it); none when ``eval_batch`` or ``eval_seed``
+    differ from the values every legacy run had."""
+    if (cfg.eval_batch, cfg.eval_seed) != (LEGACY_EVAL_BATCH, LEGACY_EVAL_SEED):
+        return []
+    return [run_name(cfg, _legacy_key(cfg.run_key(), p, c)) for p in ("bf16", "fp32") for c in (True, False)]
+
+
+def _legacy_eval_names(cfg: ImageStudyConfig) -> list[str]:
+    """Evaluation cache names under the legacy key (evaluation fields, eval_batch, eval_seed and eval_precision)."""
+    base = cfg.eval_key()
+    return [f"eval-{config_hash({**base, 'eval_batch': cfg.eval_batch, 'eval_seed': cfg.eval_seed, 'eval_precision': p})}.json"
+            for p in ("bf16", "fp32")]
+
+
+def _migrate_run_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """A legacy run folder's stored run config in today's form (for :func:`mimlib.train.fit`'s check)."""
+    if "precision" not in stored and "eval_batch" in stored:
+        return stored
+    new = {k: v for k, v in stored.items() if k not in ("precision", "channels_last")}
+    new.setdefault("eval_batch", LEGACY_EVAL_BATCH)
+    new.setdefault("eval_seed", LEGACY_EVAL_SEED)
+    return new
+
+
+def run_dir_of(cfg: ImageStudyConfig, runs_dir: str | os.PathLike) -> Path:
+    """The run folder of ``cfg`` under ``runs_dir``. A folder written under a legacy name (see
+    :func:`_legacy_run_names`) is renamed to the current name, so old runs keep loading."""
+    new = Path(runs_dir) / run_name(cfg)
+    if not new.exists():
+        for old in _legacy_run_names(cfg):
+            if (Path(runs_dir) / old).is_dir():
+                os.replace(Path(runs_dir) / old, new)
+                print(f"renamed run folder {old} -> {new.name} (precision is no longer part of a run's name)")
+                break
+    return new
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -231,7 +291,7 @@ def build_model(cfg: ImageStudyConfig, data: I.BinarizedImages | None = None) ->
         idx = torch.randperm(data.n_train, generator=g)[:cfg.n_pseudo]
         pseudo = I.to_intensity(data.train_u8[idx])
     model = MODELS[cfg.model](cfg.prior, n_pseudo=cfg.n_pseudo, pseudo_init=pseudo)
-    return model.to(cfg.torch_device()).set_compute(cfg.precision, cfg.channels_last)
+    return model.to(cfg.torch_device()).set_compute(cfg.precision, cfg.channels_last)  # "auto" resolved here
 
 
 def epoch_batches(data: I.BinarizedImages, epoch: int, steps_per_epoch: int | None,
@@ -420,7 +480,7 @@ class _Curves:
             self.x_va, self.y_va = data.val[:cfg.curve_knn_val], data.val_labels[:cfg.curve_knn_val]
 
     def __call__(self, epoch: int, model: ConvHVAE) -> dict[str, Any]:
-        row: dict[str, Any] = {}
+        row: dict[str, Any] = {"precision": model.precision}   # what this epoch trained in
         if self.on:
             t0 = time.perf_counter()
             prec = model.precision
@@ -463,11 +523,12 @@ def train_model(cfg: ImageStudyConfig, runs_dir: str | os.PathLike | None = None
     device = cfg.torch_device()
     model = build_model(cfg, data)
     val = data.val if cfg.n_val_subset is None else data.val[:cfg.n_val_subset]
-    run_dir = Path(runs_dir) / run_name(cfg) if runs_dir is not None else None
-    result = fit(model, get_objective(cfg.objective),
+    run_dir = run_dir_of(cfg, runs_dir) if runs_dir is not None else None
+    result = fit(model, get_objective(cfg.objective, cfg.mim_options()),
                  train_batches=lambda e: epoch_batches(data, e, cfg.steps_per_epoch, device),
                  val_batches=lambda: _batches(val, cfg.eval_batch, device),
                  config=cfg.fit_config(), run_dir=run_dir, run_config=cfg.run_key(),
+                 migrate_config=_migrate_run_config,
                  on_epoch_end=_Curves(cfg, data, on_epoch_end, log), progress=progress,
                  desc=("" if cfg.model == "convhvae" else f"{cfg.model} ")
                  + f"{cfg.dataset} {PRIOR_SHORT[cfg.prior]} {cfg.objective}")
@@ -494,6 +555,11 @@ def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConf
     ``result`` shows a different training (its ``seconds`` differ from the cached row's).
     """
     cache = Path(run_dir) / f"eval-{config_hash(cfg.eval_key())}.json" if run_dir is not None else None
+    if cache is not None and not cache.exists():   # rows cached under the legacy evaluation key
+        for old in _legacy_eval_names(cfg):
+            if (Path(run_dir) / old).exists():
+                cache = Path(run_dir) / old
+                break
     if cache is not None and cache.exists():
         row = json.loads(cache.read_text())
         if result is None or row.get("seconds") == float(result.seconds):
@@ -504,6 +570,7 @@ def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConf
     train_prec = model.precision
     model.eval()
     model.set_compute(cfg.eval_precision, model.channels_last)
+    eval_prec = model.precision
     try:
         n_test = len(data.test) if cfg.n_eval_test is None else min(cfg.n_eval_test, len(data.test))
         x_te, y_te = data.test[:n_test], data.test_labels[:n_test].numpy()
@@ -548,7 +615,7 @@ def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConf
         "knn_train": len(zs_tr), "eval_test": n_test,
         "seconds": float(result.seconds) if result is not None else math.nan,
         "eval_seconds": time.perf_counter() - t0,
-        "precision": cfg.precision, "eval_precision": cfg.eval_precision,
+        "precision": _trained_precision(result, train_prec), "eval_precision": eval_prec,
         "steps_per_epoch": cfg.steps_per_epoch if cfg.steps_per_epoch is not None else data.num_batches(),
         "warmup_epochs": cfg.warmup_epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
         "run": run_name(cfg),
@@ -556,6 +623,14 @@ def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConf
     if cache is not None:
         _atomic_write_text(cache, json.dumps(row, indent=1))
     return row
+
+
+def _trained_precision(result: FitResult | None, current: str) -> str:
+    """The precision(s) a run trained in, from its history ("bf16", "fp32", or "bf16+fp32" for a run
+    resumed on another machine); ``current`` for runs without that record."""
+    if result is None or "precision" not in result.history:
+        return current
+    return "+".join(dict.fromkeys(result.history["precision"].dropna().astype(str))) or current
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -580,6 +655,7 @@ class StudyResult:
     data: dict[str, I.BinarizedImages] = field(repr=False)
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
+    arrays: dict[tuple[str, str, str, int], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
 
 def time_per_epoch(study: "StudyResult") -> pd.DataFrame:
@@ -621,39 +697,110 @@ def training_curves(history: pd.DataFrame) -> pd.DataFrame:
     return hist
 
 
+STUDY = "images"
+
+
+@torch.no_grad()
+def figure_arrays(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConfig, n_tsne: int = 2_000,
+                  n_images: int = 16) -> dict[str, np.ndarray]:
+    """The small arrays the image chapters' figures need of one trained run (stored in its record):
+
+    * ``tsne`` (n_tsne, 2) and ``tsne_labels``: t-SNE (scikit-learn, PCA init, seed 0) of the sampled
+      codes z ~ q(z|x) of the first ``n_tsne`` test images (Fig. 2);
+    * ``images``, ``reconstructions`` (n_images, 28, 28; uint8 0/1): the first test images and their
+      sampled reconstructions; ``samples``: ``n_images`` samples of the model (Figs. 4-5).
+    """
+    from sklearn.manifold import TSNE
+
+    n = min(n_tsne, len(data.test))
+    zs, _ = embed(model, data.test[:n], cfg.eval_batch, generator_seed=cfg.eval_seed + 6)
+    tsne = TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", learning_rate="auto",
+                random_state=0).fit_transform(zs)
+    x = data.test[:n_images]
+    as_u8 = lambda t: t.reshape(-1, 28, 28).to(torch.uint8).numpy()  # noqa: E731
+    return {"tsne": tsne.astype(np.float32), "tsne_labels": data.test_labels[:n].numpy(),
+            "images": as_u8(x), "reconstructions": as_u8(reconstructions(model, x, generator_seed=cfg.eval_seed)),
+            "samples": as_u8(samples(model, n_images, generator_seed=cfg.eval_seed))}
+
+
+def _record_run(run: ImageStudyConfig, runs_dir, records_dir, data: I.BinarizedImages, progress,
+                arrays: Callable | None) -> dict[str, Any]:
+    """One run of :func:`run_study`: from its record when it has one for this evaluation, else trained
+    (or loaded from its run folder), evaluated and, with ``records_dir``, recorded and read back."""
+    name = run_name(run)
+    rec = read_record(records_dir, STUDY, name, run.run_key())
+    rows = read_evaluation(records_dir, STUDY, name, run.eval_key()) if rec is not None else None
+    if rec is not None and rows is not None:
+        row = rows.to_dict("records")[0]
+        row["preset"] = run.preset
+        return {"row": row, "history": rec.history, "arrays": rec.arrays, "model": None,
+                "seconds": float(rec.info["train_seconds"]), "data": _subset(data, run) if data is not None else None}
+    model, res, run_data = train_model(run, runs_dir, data, progress)
+    run_dir = run_dir_of(run, runs_dir) if runs_dir is not None else None
+    row = evaluate_model(model, run_data, run, res, run_dir)
+    h = res.history.copy()
+    for col, v in (("seed", run.seed), ("objective", run.objective), ("prior", run.prior), ("dataset", run.dataset)):
+        h.insert(0, col, v)
+    out = {"row": row, "history": h, "arrays": {}, "model": model, "seconds": res.seconds, "data": run_data}
+    if records_dir is not None:
+        if rec is None:
+            figs = arrays(model, run_data, run) if arrays is not None else {}
+            write_record(records_dir, RunRecord(STUDY, name, run.run_key(), h, {
+                "train_seconds": res.seconds, "epochs": int(res.stop_epoch[0]) + 1,
+                "best_epoch": int(res.best_epoch[0]) + 1, "precision": row["precision"]}, figs))
+        write_evaluation(records_dir, STUDY, name, run.eval_key(), pd.DataFrame([row]))
+        back = read_record(records_dir, STUDY, name, run.run_key())
+        row = read_evaluation(records_dir, STUDY, name, run.eval_key()).to_dict("records")[0]
+        row["preset"] = run.preset
+        out.update(row=row, history=back.history, arrays=back.arrays)
+    return out
+
+
 def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None, seeds=None,
               runs_dir: str | os.PathLike | None = None, progress: bool | None = None,
-              data: dict[str, I.BinarizedImages] | None = None) -> StudyResult:
+              data: dict[str, I.BinarizedImages] | None = None, records_dir: str | os.PathLike | None = None,
+              arrays: Callable[[ConvHVAE, I.BinarizedImages, ImageStudyConfig], dict] | None = figure_arrays
+              ) -> StudyResult:
     """Train (or load) and evaluate every (dataset, prior, objective, seed); ``None`` keeps ``cfg``'s value.
 
-    Each dataset is loaded once (or taken from ``data``, keyed by name). Evaluation
-    rows are cached in the run folders.
+    Each dataset is loaded once (or taken from ``data``, keyed by name). Evaluation rows are cached
+    in the run folders. With ``records_dir`` every finished run leaves a run record there
+    (:mod:`mimlib.records`: config, history, evaluation rows and the ``arrays(model, data, cfg)`` of its
+    figures, by default :func:`figure_arrays`), and a run that has one is read from it, without weights
+    or training (``StudyResult.models`` then lacks it; ``StudyResult.arrays`` has its figure arrays).
     """
     t0 = time.perf_counter()
     datasets = list(datasets or [cfg.dataset])
     priors, objectives, seeds = list(priors or [cfg.prior]), list(objectives or [cfg.objective]), list(
         seeds if seeds is not None else [cfg.seed])
-    rows, hists, models, loaded = [], [], {}, {}
+    rows, hists, models, loaded, figs = [], [], {}, {}, {}
     train_seconds = 0.0
     for dataset in datasets:
         base = dataclasses.replace(cfg, dataset=dataset)
-        loaded[dataset] = _subset(data[dataset], base) if data and dataset in data else load_data(base)
         for prior in priors:
             for objective in objectives:
                 for seed in seeds:
                     run = dataclasses.replace(base, prior=prior, objective=objective, seed=seed)
-                    model, res, run_data = train_model(run, runs_dir, loaded[dataset], progress)
-                    run_dir = Path(runs_dir) / run_name(run) if runs_dir is not None else None
-                    rows.append(evaluate_model(model, run_data, run, res, run_dir))
-                    h = res.history.copy()
-                    for col, v in (("seed", seed), ("objective", objective), ("prior", prior),
-                                   ("dataset", dataset)):
-                        h.insert(0, col, v)
-                    hists.append(h)
-                    models[(dataset, prior, objective, seed)] = model
-                    train_seconds += res.seconds
+                    if dataset not in loaded:   # loaded once, lazily: a study read from records needs no data
+                        name = run_name(run)
+                        if (read_evaluation(records_dir, STUDY, name, run.eval_key()) is not None
+                                and read_record(records_dir, STUDY, name, run.run_key()) is not None
+                                and not (data and dataset in data)):
+                            out = _record_run(run, None, records_dir, None, progress, arrays)
+                        else:
+                            loaded[dataset] = (_subset(data[dataset], base) if data and dataset in data
+                                               else load_data(base))
+                    if dataset in loaded:
+                        out = _record_run(run, runs_dir, records_dir, loaded[dataset], progress, arrays)
+                    key = (dataset, prior, objective, seed)
+                    rows.append(out["row"])
+                    hists.append(out["history"])
+                    figs[key] = out["arrays"]
+                    if out["model"] is not None:
+                        models[key] = out["model"]
+                    train_seconds += out["seconds"]
     return StudyResult(pd.DataFrame(rows), pd.concat(hists, ignore_index=True), models, loaded,
-                       time.perf_counter() - t0, train_seconds)
+                       time.perf_counter() - t0, train_seconds, figs)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -701,7 +848,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"training time {res.seconds:.0f} s", flush=True)
     if args.no_eval:
         return {}
-    row = evaluate_model(model, data, cfg, res, Path(args.runs_dir) / run_name(cfg))
+    row = evaluate_model(model, data, cfg, res, run_dir_of(cfg, args.runs_dir))
     print(json.dumps(row, indent=1), flush=True)
     return row
 

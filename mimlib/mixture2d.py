@@ -3,13 +3,21 @@
 ``run_sweep(config)`` trains, for every objective and hidden width, all seeds
 as one batched model (:class:`mimlib.nets.mlp.MixtureModel2D`), evaluates each
 seed on its own test set and returns one row per trained model. Finished
-groups are loaded from their run folders instead of retrained.
+groups are loaded from their run records (``records_dir``, :mod:`mimlib.records`:
+committed, no weights needed) or their run folders (``runs_dir``, weights) instead of
+retrained. With
+``workers=N`` the groups are trained and evaluated by N processes of one torch
+thread each (widest first), which on a small CPU is faster than one process
+with N threads: the 2-D networks are too small to split across threads.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,39 +25,56 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import configs as C
 from . import metrics
-from .data import MixtureStream, split_batches
+from .data import MixtureStream, sample_mixture, split_batches
 from .nets.mlp import MixtureModel2D
-from .objectives import get_objective
+from .objectives import MIMOptions, get_objective
+from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
 from .train import FitConfig, FitResult, config_hash, fit
 
-__all__ = ["Mixture2DConfig", "train_group", "evaluate_group", "run_sweep", "SweepResult"]
+__all__ = ["Mixture2DConfig", "group_name", "train_group", "evaluate_group", "figure1_arrays", "run_sweep",
+           "SweepResult", "STUDY"]
+
+STUDY = "mixture2d"
 
 
 @dataclass(frozen=True)
 class Mixture2DConfig:
-    """Every setting of the 2-D study; :mod:`mimlib.presets` holds the named presets."""
+    """Every setting of the 2-D study; :mod:`mimlib.presets` holds the named presets.
 
-    hidden: tuple[int, ...] = (5, 20, 50, 100, 200, 300, 400, 500)
-    seeds: tuple[int, ...] = tuple(range(10))
-    objectives: tuple[str, ...] = ("mim", "vae")
-    batch_size: int = 128
-    n_train: int = 10_000          # fresh points per epoch
-    n_val: int = 5_000
-    n_test: int = 10_000
-    n_nll_points: int = 2_000      # test points per seed for the importance-sampled NLL (it costs S passes)
-    n_knn_train: int = 10_000      # labelled training points the k-NN classifier is fit on
-    lr: float = 1e-3
-    patience: int = 10
-    max_epochs: int = 200
-    warmup_epochs: int = 3
-    min_std: float = 1e-6
-    nll_samples: int = 100         # importance samples per test point for nll_is
-    ksg_k: int = 5
-    knn_k: int = 5
-    device: str = "cpu"
+    Each field is tagged with what it governs (:mod:`mimlib.configs`): the grid of runs, the
+    training (a group's identity, :meth:`group_key`), the evaluation, or the runtime.
+    """
+
+    # the grid: every (objective, width) is one group, all its seeds trained as one batched model
+    hidden: tuple[int, ...] = C.grid((5, 20, 50, 100, 200, 300, 400, 500))
+    seeds: tuple[int, ...] = C.grid(tuple(range(10)))
+    objectives: tuple[str, ...] = C.grid(("mim", "vae"))
+    # what is trained and how
+    batch_size: int = C.train(128)
+    n_train: int = C.train(10_000)          # fresh points per epoch
+    n_val: int = C.train(5_000)             # validation points per seed (early stopping)
+    lr: float = C.train(1e-3)
+    patience: int = C.train(10)
+    max_epochs: int = C.train(200)
+    warmup_epochs: int = C.train(3)
+    min_std: float = C.train(1e-6)
+    # reference-code choices (mimlib.optim, mimlib.objectives.MIMOptions); defaults: this book's
+    lr_schedule: str = C.train("constant", joined=True)        # "noam": the reference's 2-D schedule
+    mim_decoder_start: str = C.train("always", joined=True)    # "after_warmup": the reference's
+    # evaluation
+    n_test: int = C.evaluate(10_000)
+    n_nll_points: int = C.evaluate(2_000)   # test points per seed for the importance-sampled NLL (S passes)
+    n_knn_train: int = C.evaluate(10_000)   # labelled training points the k-NN classifier is fit on
+    nll_samples: int = C.evaluate(100)      # importance samples per test point for nll_is
+    ksg_k: int = C.evaluate(5)
+    knn_k: int = C.evaluate(5)
+    # where
+    device: str = C.runtime("cpu")
 
     def __post_init__(self):
+        C.check_groups(self)
         for name in ("hidden", "seeds", "objectives"):
             if len(getattr(self, name)) == 0:
                 raise ValueError(f"{name} must not be empty")
@@ -59,18 +84,26 @@ class Mixture2DConfig:
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         for o in self.objectives:
             get_objective(o)  # raises on unknown names
+        self.mim_options()    # raises on unknown choices
+        self.fit_config()
 
     def fit_config(self) -> FitConfig:
         return FitConfig(lr=self.lr, max_epochs=self.max_epochs, patience=self.patience,
-                         warmup_epochs=self.warmup_epochs, seed=min(self.seeds))
+                         warmup_epochs=self.warmup_epochs, seed=min(self.seeds), lr_schedule=self.lr_schedule)
+
+    def mim_options(self) -> MIMOptions:
+        return MIMOptions(decoder_start=self.mim_decoder_start)
 
     def group_key(self, objective: str, hidden: int) -> dict[str, Any]:
-        """What a trained group depends on (names its run folder)."""
-        keep = ("seeds", "batch_size", "n_train", "n_val", "lr", "patience", "max_epochs",
-                "warmup_epochs", "min_std")
-        d = {k: v for k, v in asdict(self).items() if k in keep}
-        d["seeds"] = list(d["seeds"])
-        return {"study": "mixture2d", "objective": objective, "hidden": hidden, **d}
+        """What a trained group depends on (names its run folder): the group's objective and width,
+        the seeds batched in it, and every ``train`` field (derived from the field tags)."""
+        return {"study": "mixture2d", "objective": objective, "hidden": hidden, "seeds": list(self.seeds),
+                **C.key(self, "train")}
+
+
+def group_name(objective: str, hidden: int, cfg: Mixture2DConfig) -> str:
+    """The name of a group's run folder and run record: ``<objective>-H<hidden>-<hash of group_key>``."""
+    return f"{objective}-H{hidden}-{config_hash(cfg.group_key(objective, hidden))}"
 
 
 def train_group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
@@ -81,8 +114,8 @@ def train_group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str
     stream = MixtureStream(cfg.seeds, n_train=cfg.n_train)
     val = stream.validation(cfg.n_val).to(device)
     key = cfg.group_key(objective, hidden)
-    run_dir = Path(runs_dir) / f"{objective}-H{hidden}-{config_hash(key)}" if runs_dir is not None else None
-    result = fit(model, get_objective(objective),
+    run_dir = Path(runs_dir) / group_name(objective, hidden, cfg) if runs_dir is not None else None
+    result = fit(model, get_objective(objective, cfg.mim_options()),
                  train_batches=lambda e: split_batches(stream.epoch(e).to(device), cfg.batch_size),
                  val_batches=lambda: split_batches(val, 2_000),
                  config=cfg.fit_config(), run_dir=run_dir, run_config=key, progress=progress,
@@ -131,41 +164,147 @@ def evaluate_group(model: MixtureModel2D, cfg: Mixture2DConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def figure1_arrays(model: MixtureModel2D, seed_index: int = 0, n_points: int = 400,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """What the paper's Fig. 1 shows of one model (:func:`mimlib.plots.plot_mixture_panels`), as arrays:
+    for ``n_points`` fresh points x0 ~ P(x) (``labels``: their components), the mean and std of
+    q(z|x0) and reconstructions x' ~ p(x|z'), z' ~ q(z|x0), of model ``seed_index`` of the batch."""
+    one = model.select(seed_index)
+    x0, labels = sample_mixture(n_points, torch.Generator().manual_seed(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        q = one.encoder(x0)
+        z = q.sample()
+        x_rec = one.decoder(z).sample()[0]
+    return {"labels": labels.numpy(), "q_mean": q.mean[0].numpy(), "q_std": q.stddev[0].numpy(),
+            "x_rec": x_rec.numpy()}
+
+
 @dataclass
 class SweepResult:
-    """Results of a sweep: one row per trained model, the training histories and the models."""
+    """Results of a sweep: one row per trained model, the training histories, the Fig. 1 arrays of
+    every group (:func:`figure1_arrays`) and the models trained or loaded with weights in this call
+    (groups read from their records have none)."""
 
     results: pd.DataFrame
     history: pd.DataFrame
     models: dict[tuple[str, int], MixtureModel2D] = field(repr=False)
     wall_seconds: float = 0.0       # this call's wall time (small when every group was loaded)
     train_seconds: float = 0.0      # training time of all groups, as measured when they were trained
+    panels: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    trained: list[tuple[str, int]] = field(default_factory=list)   # groups whose weights were needed
+
+
+def _group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None,
+           records_dir: str | Path | None, progress: bool | None) -> dict[str, Any]:
+    """One (objective, hidden) group: read from its run record if it has one for these evaluation
+    settings; else trained (or loaded from its run folder), evaluated and, with ``records_dir``,
+    recorded, then read back from the record (so a first execution and a re-execution from the
+    records print the same). Returns rows, history, Fig. 1 arrays, seconds, and the model if any."""
+    name, key, ev_key = group_name(objective, hidden, cfg), cfg.group_key(objective, hidden), C.key(cfg, "evaluate")
+    rec = read_record(records_dir, STUDY, name, key)
+    rows = read_evaluation(records_dir, STUDY, name, ev_key) if rec is not None else None
+    if rec is not None and rows is not None:
+        return {"rows": rows, "history": rec.history, "panel": rec.arrays, "model": None,
+                "seconds": float(rec.info["train_seconds"])}
+    model, res = train_group(objective, hidden, cfg, runs_dir, progress)
+    model.eval()
+    ev = evaluate_group(model, cfg)
+    ev.insert(0, "hidden", hidden)
+    ev.insert(0, "objective", objective)
+    ev["epochs"] = [e + 1 for e in res.stop_epoch]
+    ev["best_epoch"] = [e + 1 for e in res.best_epoch]
+    ev["seconds"] = res.seconds / len(cfg.seeds)   # the group's training time, shared by its seeds
+    ev["group_seconds"] = res.seconds
+    h = res.history.copy()
+    h.insert(0, "hidden", hidden)
+    h.insert(0, "objective", objective)
+    h["seed"] = [cfg.seeds[i] for i in h["model"]]
+    panel = figure1_arrays(model)
+    out = {"rows": ev, "history": h, "panel": panel, "model": model, "seconds": res.seconds}
+    if records_dir is not None:
+        if rec is None:
+            write_record(records_dir, RunRecord(STUDY, name, key, h, {
+                "train_seconds": res.seconds, "epochs": [e + 1 for e in res.stop_epoch],
+                "device": cfg.device}, panel))
+        write_evaluation(records_dir, STUDY, name, ev_key, ev)
+        back = read_record(records_dir, STUDY, name, key)
+        out.update(rows=read_evaluation(records_dir, STUDY, name, ev_key), history=back.history, panel=back.arrays)
+    return out
+
+
+def _group_in_worker(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None,
+                     records_dir: str | Path | None) -> dict[str, Any]:
+    """:func:`_group` in a worker process (one torch thread); a model travels back as its state dict."""
+    torch.set_num_threads(1)
+    out = _group(objective, hidden, cfg, runs_dir, records_dir, progress=False)
+    out["model"] = out["model"].state_dict() if out["model"] is not None else None
+    return out
 
 
 def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
-              progress: bool | None = None) -> SweepResult:
-    """Train (or load) and evaluate every (objective, hidden) group of ``cfg``."""
+              progress: bool | None = None, workers: int = 1,
+              records_dir: str | Path | None = None) -> SweepResult:
+    """Train (or load) and evaluate every (objective, hidden) group of ``cfg``.
+
+    ``records_dir``: run records are read from (and written to) ``records_dir/mixture2d/`` (see
+    :func:`_group`); a group with a record for these evaluation settings needs neither training
+    nor weights.
+
+    ``workers`` > 1: that many worker processes (spawned, one torch thread each) share the groups,
+    widest first; the results are the same groups, in the same order, as with one process (up to
+    the rounding of a different thread count). Spawned workers re-import a calling *script*, which
+    therefore needs the ``if __name__ == "__main__":`` guard (notebooks and ``python -c`` do not).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     t0 = time.perf_counter()
-    rows, hists, models = [], [], {}
-    train_seconds = 0.0
-    for objective in cfg.objectives:
-        for hidden in cfg.hidden:
-            model, res = train_group(objective, hidden, cfg, runs_dir, progress)
-            model.eval()
-            ev = evaluate_group(model, cfg)
-            ev.insert(0, "hidden", hidden)
-            ev.insert(0, "objective", objective)
-            ev["epochs"] = [e + 1 for e in res.stop_epoch]
-            ev["best_epoch"] = [e + 1 for e in res.best_epoch]
-            ev["seconds"] = res.seconds / len(cfg.seeds)   # the group's training time, shared by its seeds
-            ev["group_seconds"] = res.seconds
-            rows.append(ev)
-            h = res.history.copy()
-            h.insert(0, "hidden", hidden)
-            h.insert(0, "objective", objective)
-            h["seed"] = [cfg.seeds[i] for i in h["model"]]
-            hists.append(h)
-            models[(objective, hidden)] = model
-            train_seconds += res.seconds
-    return SweepResult(pd.concat(rows, ignore_index=True), pd.concat(hists, ignore_index=True), models,
-                       time.perf_counter() - t0, train_seconds)
+    groups = [(o, h) for o in cfg.objectives for h in cfg.hidden]
+    done: dict[tuple[str, int], dict] = {}
+    ev_key = C.key(cfg, "evaluate")
+    todo = []
+    for o, h in groups:   # groups with a complete record are read here, in this process
+        rec = read_record(records_dir, STUDY, group_name(o, h, cfg), cfg.group_key(o, h))
+        if rec is not None and read_evaluation(records_dir, STUDY, rec.name, ev_key) is not None:
+            done[(o, h)] = _group(o, h, cfg, runs_dir, records_dir, progress)
+        else:
+            todo.append((o, h))
+    if workers == 1 or len(todo) <= 1:
+        for o, h in todo:
+            done[(o, h)] = _group(o, h, cfg, runs_dir, records_dir, progress)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        order = sorted(todo, key=lambda g: (-g[1], g[0] != "mim"))   # widest (slowest) first
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+        os.environ["OMP_NUM_THREADS"] = "1"   # read by each spawned worker as it imports torch
+        try:
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as ex:
+                futures = {ex.submit(_group_in_worker, *g, cfg, runs_dir, records_dir): g for g in order}
+                bar = _bar(len(todo), progress)
+                for fut in as_completed(futures):
+                    g = futures[fut]
+                    out = fut.result()
+                    if out["model"] is not None:
+                        model = MixtureModel2D(g[1], cfg.seeds, min_std=cfg.min_std).to(cfg.device)
+                        model.load_state_dict(out["model"])
+                        out["model"] = model.eval()
+                    done[g] = out
+                    bar.update(1)
+                bar.close()
+        finally:
+            if env["OMP_NUM_THREADS"] is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+    return SweepResult(pd.concat([done[g]["rows"] for g in groups], ignore_index=True),
+                       pd.concat([done[g]["history"] for g in groups], ignore_index=True),
+                       {g: done[g]["model"] for g in groups if done[g]["model"] is not None},
+                       time.perf_counter() - t0, sum(done[g]["seconds"] for g in groups),
+                       {g: done[g]["panel"] for g in groups}, [g for g in todo])
+
+
+def _bar(total: int, progress: bool | None):
+    from tqdm import tqdm
+    show = progress if progress is not None else os.environ.get("MIMLIB_PROGRESS", "1") != "0"
+    return tqdm(total=total, desc="2-D groups", disable=not show, leave=False)

@@ -27,37 +27,31 @@ def _density_contours(ax, lim: float = 2.2):
     ax.contour(xx.numpy(), yy.numpy(), dens.numpy(), levels=6, colors="k", linewidths=0.6)
 
 
-@torch.no_grad()
-def plot_mixture_panels(models: dict, hidden: list[int], results: pd.DataFrame,
+def plot_mixture_panels(panels: dict, hidden: list[int], results: pd.DataFrame,
                         objectives: tuple[str, ...] = ("vae", "mim"), seed_index: int = 0,
-                        n_points: int = 400, n_ellipses: int = 150, seed: int = 0):
-    """Paper Fig. 1: per width, VAE and MIM side by side.
+                        n_ellipses: int = 150):
+    """Paper Fig. 1: per width, VAE and MIM side by side, from :func:`mimlib.mixture2d.figure1_arrays`
+    (``panels[(objective, hidden)]``, as a sweep returns them in ``SweepResult.panels``).
 
     Top row: level sets of P(x) (black) and reconstructions x' ~ p(x|z'), z' ~ q(z|x0)
     for x0 ~ P(x) (red). Bottom row: one-std ellipses of q(z|x0) (green), the posterior
-    means coloured by the mixture component of x0, and the one-std circle of P(z) (dashed). Titles give that seed's KSG MI and
-    reconstruction error (distance to a decoder sample).
+    means coloured by the mixture component of x0, and the one-std circle of P(z) (dashed). Titles give that
+    seed's KSG MI and reconstruction error (distance to a decoder sample).
     """
     cols = [(h, o) for h in hidden for o in objectives]
     fig, axes = plt.subplots(2, len(cols), figsize=(2.4 * len(cols), 5.0), squeeze=False)
-    g = torch.Generator().manual_seed(seed)
-    x0, labels = sample_mixture(n_points, g)
     for j, (h, obj) in enumerate(cols):
-        model = models[(obj, h)].select(seed_index)
-        torch.manual_seed(seed)
-        q = model.encoder(x0)
-        z = q.sample()
-        x_rec = model.decoder(z).sample()[0]
+        panel = panels[(obj, h)]
         top, bottom = axes[0, j], axes[1, j]
         _density_contours(top)
+        x_rec, mean, std = panel["x_rec"], panel["q_mean"], panel["q_std"]
         top.scatter(x_rec[:, 0], x_rec[:, 1], s=3, c="red", alpha=0.6, linewidths=0)
         row = results[(results.objective == obj) & (results.hidden == h)].iloc[seed_index]
         top.set_title(f"{OBJECTIVE_NAMES[obj]}, H={h}\nMI={row.mi_ksg:.2f}, err={row.recon_sample:.2f}",
                       fontsize=9)
-        mean, std = q.mean[0].numpy(), q.stddev[0].numpy()
-        bottom.scatter(mean[:, 0], mean[:, 1], c=labels.numpy(), cmap="tab10", vmin=0, vmax=9, s=2,
+        bottom.scatter(mean[:, 0], mean[:, 1], c=panel["labels"], cmap="tab10", vmin=0, vmax=9, s=2,
                        alpha=0.8, linewidths=0, zorder=3)
-        for i in range(min(n_ellipses, n_points)):
+        for i in range(min(n_ellipses, len(mean))):
             bottom.add_patch(Ellipse(mean[i], 2 * std[i, 0], 2 * std[i, 1], fill=False,
                                      ec="tab:green", lw=0.5, alpha=0.7))
         bottom.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls="--", ec="k", lw=1.0))

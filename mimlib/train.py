@@ -22,7 +22,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm  # text bars: tqdm.auto would need ipywidgets in notebooks and warns without it
 
+from .allocator import keep_freed_memory
 from .objectives import Loss
+from .optim import LR_SCHEDULES, OPTIMIZERS, lr_factor, make_optimizer
 
 __all__ = ["FitConfig", "FitResult", "fit", "beta_schedule", "atomic_save", "config_hash"]
 
@@ -37,6 +39,8 @@ class FitConfig:
     warmup_epochs: int = 0       # KL/MIM weight beta = min(1, (epoch + 1) / warmup_epochs)
     seed: int = 0                # seeds the sampling noise of the objectives
     min_delta: float = 0.0       # an improvement must beat the best loss by more than this
+    optimizer: str = "adam"      # "adam" or "adam-normgrad" (the reference code's images; mimlib.optim)
+    lr_schedule: str = "constant"  # "constant" or "noam" (the reference code's 2-D schedule; mimlib.optim)
 
     def __post_init__(self):
         if self.lr <= 0:
@@ -47,6 +51,10 @@ class FitConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
 
 @dataclass
@@ -136,7 +144,8 @@ def fit(model: torch.nn.Module,
         run_config: dict[str, Any] | None = None,
         on_epoch_end: Callable[[int, torch.nn.Module], dict[str, Any] | None] | None = None,
         progress: bool | None = None,
-        desc: str = "fit") -> FitResult:
+        desc: str = "fit",
+        migrate_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> FitResult:
     """Train ``model`` on ``objective`` until every model's validation loss stalls.
 
     ``train_batches(epoch)`` yields the mini-batches of an epoch (a function of
@@ -150,9 +159,11 @@ def fit(model: torch.nn.Module,
     With ``run_dir``, a checkpoint is written atomically after every epoch and
     a later call resumes from it; a finished run (``final.pt``) is loaded
     instead of retrained. ``run_config`` (JSON-able) is stored and must match on
-    resume. ``on_epoch_end(epoch, model)`` may return extra history columns.
+    resume; ``migrate_config(stored_run_config)`` may first bring a run config stored
+    by an older version into today's form (e.g. fields that left or joined a run's identity). ``on_epoch_end(epoch, model)`` may return extra history columns.
     """
     n_models = _batched_dim(model)
+    keep_freed_memory()   # freed activations stay in the heap: no page faults every step (mimlib.allocator)
     run_dir = Path(run_dir) if run_dir is not None else None
     stored_config = {"fit": asdict(config), "run": run_config or {}}
     stored_json = json.loads(json.dumps(stored_config, default=str))
@@ -160,13 +171,13 @@ def fit(model: torch.nn.Module,
         final = run_dir / "final.pt"
         if final.exists():
             state = torch.load(final, weights_only=False)
-            _check_config(state["config"], stored_json, final)
+            _check_config(state["config"], stored_json, final, migrate_config)
             model.load_state_dict(state["model"])
             res = state["result"]
             return FitResult(_trim_history(res["history"], res["stop_epoch"]), res["best_epoch"], res["stop_epoch"],
                              res["best_val_loss"], res["seconds"], res.get("resumed_from"), loaded=True)
 
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = make_optimizer(config.optimizer, model.parameters(), config.lr)
     shape = (n_models,) if n_models else ()
     best_loss = torch.full(shape, math.inf)
     best_epoch = torch.full(shape, -1, dtype=torch.long)
@@ -180,7 +191,7 @@ def fit(model: torch.nn.Module,
     ckpt_path = run_dir / "checkpoint.pt" if run_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
-        _check_config(ck["config"], stored_json, ckpt_path)
+        _check_config(ck["config"], stored_json, ckpt_path, migrate_config)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         best_state, rows = ck["best_state"], ck["history"]
@@ -200,6 +211,8 @@ def fit(model: torch.nn.Module,
             break
         t0 = time.perf_counter()
         beta = beta_schedule(epoch, config.warmup_epochs)
+        for group in opt.param_groups:
+            group["lr"] = config.lr * lr_factor(config.lr_schedule, epoch, config.warmup_epochs)
         model.train()
         sums: dict[str, torch.Tensor] = {}
         n_seen = 0
@@ -304,7 +317,15 @@ def _update_best(best_state: dict[str, torch.Tensor], model: torch.nn.Module,
             best_state[k] = v.detach().clone()
 
 
-def _check_config(stored: dict, current: dict, path: Path) -> None:
+#: FitConfig fields added after runs were stored, with the value those runs had.
+_FIT_JOINED = {"optimizer": "adam", "lr_schedule": "constant"}
+
+
+def _check_config(stored: dict, current: dict, path: Path, migrate=None) -> None:
+    if isinstance(stored.get("fit"), dict):
+        stored = {**stored, "fit": {**_FIT_JOINED, **stored["fit"]}}
+    if migrate is not None and isinstance(stored.get("run"), dict):
+        stored = {**stored, "run": migrate(stored["run"])}
     if stored != current:
         raise ValueError(f"{path} was written with a different configuration:\n  stored:  {stored}\n"
                          f"  current: {current}\nUse another run folder or delete this one.")

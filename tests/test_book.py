@@ -30,3 +30,30 @@ def test_write_results_without_replace_overwrites(tmp_path):
 def test_write_results_rejects_rows_outside_replace(tmp_path):
     with pytest.raises(ValueError, match="model == 'pixelhvae'"):
         write_results(pd.DataFrame({"model": ["convhvae"]}), tmp_path, "images", replace={"model": "pixelhvae"})
+
+
+_WRITER = """
+import sys
+import pandas as pd
+from mimlib.book import write_results
+d, me, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    write_results(pd.DataFrame({"model": [me] * 3, "i": [i] * 3}), d, "images", replace={"model": me})
+    out = pd.read_csv(f"{d}/images.csv")          # a reader never sees half a file
+    assert (out.model == me).sum() == 3 and (out[out.model == me].i == i).all(), out
+"""
+
+
+def test_two_writers_in_parallel_never_corrupt_or_lose_rows(tmp_path):
+    import subprocess
+    import sys
+
+    n = 150
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), me, str(n)], stderr=subprocess.PIPE,
+                              text=True) for me in ("convhvae", "pixelhvae")]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    out = pd.read_csv(tmp_path / "images.csv")
+    assert sorted(out.model.unique()) == ["convhvae", "pixelhvae"]
+    assert len(out) == 6 and (out.i == n - 1).all()
+    assert not list(tmp_path.glob(".*.tmp"))

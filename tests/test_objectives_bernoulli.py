@@ -35,8 +35,9 @@ class TinyBernoulliModel(nn.Module):
     rsample returns its mean exactly), so the decoder-sampled term sees fixed z.
     """
 
-    def __init__(self, z: torch.Tensor):
+    def __init__(self, z: torch.Tensor, prior_std: float = 1.0):
         super().__init__()
+        self.prior_std = prior_std
         g = torch.Generator().manual_seed(3)
         self.enc = nn.Linear(N_PIX, 2 * DZ).double()
         self.dec = nn.Linear(DZ, N_PIX).double()
@@ -53,7 +54,10 @@ class TinyBernoulliModel(nn.Module):
         return bernoulli(self.dec(z))
 
     def prior(self):
-        return standard_normal(DZ, dtype=torch.float64)
+        if self.prior_std == 1.0:
+            return standard_normal(DZ, dtype=torch.float64)
+        zeros = torch.zeros(DZ, dtype=torch.float64)
+        return td.Independent(td.Normal(zeros, torch.full_like(zeros, self.prior_std)), 1)
 
     def anchor(self):
         return td.Independent(td.Normal(self.z, torch.zeros_like(self.z)), 1)
@@ -178,3 +182,34 @@ def test_mim_pathwise_is_mim_without_the_score_term():
         torch.manual_seed(4)
         out[name] = torch.autograd.grad(objectives.get_objective(name)(lg, xg).value.mean(), lg.W)[0]
     assert torch.equal(out["mim"], out["mim-pathwise"])
+
+
+def _mc_with(model, beta, options):
+    estimates = []
+    for _ in range(REPS):
+        value, _ = objectives._mim_decoder_term(model, torch.Size([len(model.z)]), beta, None, options=options)
+        grads = torch.autograd.grad(value.mean(), list(model.parameters()))
+        estimates.append(torch.cat([g.flatten() for g in grads]))
+    return torch.stack(estimates)
+
+
+@pytest.mark.parametrize("prior_std", [1.0, 0.1])
+@pytest.mark.parametrize("beta", [1.0, 0.4])
+def test_x_dependent_score_cost_same_gradient_lower_variance(beta, prior_std):
+    """Keeping only the x-dependent part of f in the score term leaves the expected gradient exact (against
+    enumeration). It lowers the variance where the x-independent part is large and differs between examples
+    (a sharp prior, std 0.1, evaluated at latents of order 1: log p(z) spans about 110 nats here, as a sharp
+    VampPrior at N(0, I) draws does); with the mild N(0, I) prior the two variances are close (printed)."""
+    torch.manual_seed(12)
+    model = TinyBernoulliModel(Z_FIXED.repeat(COPIES, 1), prior_std=prior_std)
+    exact = torch.cat([g.flatten() for g in _exact_gradient(model, Z_FIXED, beta)])
+    full = _mc_with(model, beta, objectives.MIMOptions(score_cost="full"))
+    reduced = _mc_with(model, beta, objectives.MIMOptions(score_cost="x_dependent"))
+    for est in (full, reduced):
+        mean, se = est.mean(0), est.std(0) / math.sqrt(REPS)
+        assert bool((mean - exact).abs().le(5 * se + 1e-3 * exact.abs()).all())
+    v_full, v_red = float(full.var(0).sum()), float(reduced.var(0).sum())
+    print(f"beta={beta}, prior std {prior_std}: total gradient variance, full cost {v_full:.4g}, "
+          f"x-dependent cost {v_red:.4g} (ratio {v_red / v_full:.3f})")
+    if prior_std < 1.0:
+        assert v_red < 0.5 * v_full

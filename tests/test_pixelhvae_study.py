@@ -4,8 +4,10 @@ the convHVAE runs, the figure helpers (reconstructions, samples), presets and th
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ from mimlib.nets.pixelhvae import PixelHVAE
 #: 2 steps of 50 on 100 images, small VampPrior, tiny evaluation; the book run's compute settings.
 TINY = dict(preset="test", model="pixelhvae", prior="vampprior", n_train_subset=100, batch_size=50,
             steps_per_epoch=1, max_epochs=2, warmup_epochs=1, patience=2, n_val_subset=50, n_pseudo=10,
-            precision="bf16", channels_last=True, eval_precision="bf16", curve_knn_train=100, curve_knn_val=50,
+            precision="auto", channels_last=True, eval_precision="auto", curve_knn_train=100, curve_knn_val=50,
             n_knn_train=100, n_eval_test=50, nll_samples=3, n_nll_points=10, au_samples=2, eval_batch=50,
             threads=1)
 
@@ -34,15 +36,22 @@ def _binary(x: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------- the convHVAE runs keep their names
 
 
-def test_convhvae_run_names_unchanged():
-    """Adding the model field must not move any existing convHVAE run folder (their hash includes
-    the literal "model": "convhvae")."""
+def test_committed_run_folders_keep_loading():
+    """The committed image runs were named when precision and channels_last were part of the hash:
+    each committed name is one of its config's legacy names, which train_model finds and renames."""
     base = presets.resolve("images", "book", dataset="mnist", prior="standard", objective="vae")
     assert base.model == "convhvae"
-    assert S.run_name(base) == "images-mnist-S-vae-s0-1b1eef37b4"
+    assert "images-mnist-S-vae-s0-1b1eef37b4" in S._legacy_run_names(base)
     mim = presets.resolve("images", "book", dataset="mnist", prior="standard", objective="mim")
-    assert S.run_name(mim) == "images-mnist-S-mim-s0-770446f2dc"
+    assert "images-mnist-S-mim-s0-770446f2dc" in S._legacy_run_names(mim)
+    assert S.run_name(base) not in S._legacy_run_names(base)
     assert base.run_key()["model"] == "convhvae" and base.run_key()["study"] == "images"
+    committed = pd.read_csv(Path(__file__).resolve().parents[1] / "book" / "results" / "images.csv")
+    for row in committed.itertuples():
+        study = "images" if row.model == "convhvae" else row.model
+        cfg = presets.resolve(study, "book", dataset=row.dataset, prior=row.prior, objective=row.objective,
+                              seed=row.seed)
+        assert row.run in S._legacy_run_names(cfg), row.run
 
 
 def test_pixelhvae_runs_are_named_apart():
@@ -103,7 +112,7 @@ def test_figure_helpers_reproducible_and_leave_state_alone():
 
 def test_build_model_picks_the_class():
     assert type(S.build_model(tiny(model="convhvae", prior="standard"))) is ConvHVAE
-    m = S.build_model(tiny())
+    m = S.build_model(tiny(precision="bf16"))
     assert isinstance(m, PixelHVAE) and m.precision == "bf16" and m.channels_last
     assert m.n_pseudo == 10
 
@@ -118,7 +127,7 @@ def test_presets_resolve():
     assert (smoke.preset, book.preset, paper.preset) == ("smoke", "book", "paper")
     assert (paper.lr, paper.batch_size, paper.max_epochs, paper.patience, paper.warmup_epochs,
             paper.nll_samples, paper.n_nll_points, paper.precision, paper.device) == (
-        5e-4, 100, 2000, 50, 100, 5000, None, "fp32", "auto")
+        5e-4, 100, 2000, 50, 100, 5000, None, "auto", "auto")
     # book: the KL/MIM weight is 1 for at least half of the epochs (warm-up reaches 1 at epoch warmup_epochs)
     assert book.warmup_epochs <= book.max_epochs / 2 and book.batch_size == 100
     assert smoke.n_train_subset <= 500 and smoke.max_epochs * smoke.steps_per_epoch <= 10

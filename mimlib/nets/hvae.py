@@ -27,7 +27,8 @@ p(z2) = 1/K sum_k q(z2|u_k) with K = 500 learned pseudo-inputs
 u_k = hardtanh_[0,1](w_k), w_k in R^784.
 
 Speed (:meth:`ConvHVAE.set_compute`; off by default, so the defaults are
-plain float32). ``precision="bf16"`` runs every convolution and dense layer
+plain float32; ``precision="auto"`` picks bf16 only on hardware that is fast at
+it, :mod:`mimlib.precision`). ``precision="bf16"`` runs every convolution and dense layer
 under ``torch.autocast`` in bfloat16 (on CPUs with AMX / AVX512-BF16 oneDNN
 runs them several times faster) while parameters, Adam state, the Gaussian
 head outputs, the decoder logits and every log-density stay float32: each
@@ -67,6 +68,7 @@ from torch import distributions as td
 from torch import nn
 
 from ..distributions import bernoulli, diagonal_gaussian, standard_normal
+from ..precision import PRECISIONS, REQUESTS, resolve_precision
 
 __all__ = ["GatedLinear", "GatedConv2d", "GaussianHead", "TwoLevelLatent",
            "ConvHVAE", "LOGVAR_MIN", "LOGVAR_MAX", "IMAGE_SHAPE", "PRECISIONS"]
@@ -76,8 +78,6 @@ IMAGE_SHAPE = (1, 28, 28)
 _N_PIXELS = 784
 _CONV_FEATURES = 6 * 7 * 7  # 294
 
-#: Compute precisions of :meth:`ConvHVAE.set_compute`: name -> autocast dtype (None: plain float32).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 # ----------------------------------------------------------------------------- layers
@@ -236,9 +236,11 @@ class ConvHVAE(nn.Module):
     n_pseudo:
         K, the number of VampPrior pseudo-inputs (500 in the paper).
     pseudo_init:
-        ``"normal"``: pseudo-input weights from N(0.05, 0.01^2) as in the
-        reference; or a tensor of K training images (values in [0, 1]) to
-        which N(0, 0.01^2) noise is added (:meth:`init_pseudo_inputs`).
+        ``"normal"``: pseudo-input weights from N(0.05, 0.01^2) (the K
+        components then start almost identical); or a tensor of K training
+        images (values in [0, 1]) to which N(0, 0.01^2) noise is added
+        (:meth:`init_pseudo_inputs`), as the reference code's commands for the
+        paper's image runs do (``--use_training_data_init``).
     z1_dim, z2_dim:
         latent sizes (40 each in the paper).
     precision, channels_last:
@@ -298,14 +300,17 @@ class ConvHVAE(nn.Module):
     def set_compute(self, precision: str = "fp32", channels_last: bool = False) -> "ConvHVAE":
         """Choose how the networks are computed (module docstring); returns ``self``.
 
-        ``precision``: ``"fp32"`` or ``"bf16"`` (autocast of convolutions and
+        ``precision``: ``"fp32"``, ``"bf16"`` (autocast of convolutions and
         dense layers; parameters, outputs of every block and log-densities stay
-        float32). ``channels_last``: NHWC conv weights and activations. The
-        parameters and their values are unchanged, so a model trained one way
-        can be evaluated another way.
+        float32) or ``"auto"`` (:func:`mimlib.precision.resolve_precision` on the
+        model's device: bf16 only where that device computes it natively and
+        faster); :attr:`precision` holds the resolved name. ``channels_last``:
+        NHWC conv weights and activations. The parameters and their values are
+        unchanged, so a model trained one way can be evaluated another way.
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if precision not in REQUESTS:
+            raise ValueError(f"precision must be one of {list(REQUESTS)}, got {precision!r}")
+        precision = resolve_precision(precision, next(self.parameters()).device)
         self.precision, self.channels_last = precision, bool(channels_last)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         for m in self.modules():

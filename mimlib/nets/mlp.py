@@ -21,26 +21,105 @@ from torch import nn
 
 from ..distributions import diagonal_gaussian, standard_normal
 
-__all__ = ["BatchedLinear", "GaussianMLP", "MixtureModel2D"]
+__all__ = ["BatchedLinear", "GaussianMLP", "MixtureModel2D", "fast_tanh"]
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``bias + a @ b`` for 3-D tensors, computed as ``(bias^T + b^T a^T)^T`` when the result is narrow.
+
+    MKL's batched product is several times slower for a narrow result (N of 2-4
+    columns, the 2-D models' heads) than for the same product transposed; both
+    give the same numbers up to rounding. The bias is added inside the product.
+    """
+    if b.shape[-1] < 16 and a.shape[-2] > b.shape[-1]:
+        bt, at = b.transpose(1, 2), a.transpose(1, 2)
+        out = torch.bmm(bt, at) if bias is None else torch.baddbmm(bias.transpose(1, 2), bt, at)
+        return out.transpose(1, 2)
+    return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
+
+
+class _BatchedAffine(torch.autograd.Function):
+    """y = x W^T + b per model, x (n, batch, in), W (n, out, in), b (n, 1, out); the three products of
+    forward and backward each in their fast layout (:func:`_bmm`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return _bmm(x, weight.transpose(1, 2), bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        gx = _bmm(g, weight) if ctx.needs_input_grad[0] else None
+        gw = _bmm(g.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+class _Tanh(torch.autograd.Function):
+    """tanh(x) = 2 sigmoid(2x) - 1: the same function, 2.5x faster than ``torch.tanh`` on CPU for the
+    hidden layers (agrees to about 2e-7); backward (1 - y^2) g."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sigmoid(x + x)
+        y = y.add_(y).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(g, y)
+
+
+#: Tensors at least this large take the custom kernels above; smaller ones are dominated by the
+#: per-operation overhead, which the plain torch operations keep lower.
+_LARGE = 1 << 15
+
+
+def fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh of the hidden layer (:class:`_Tanh` for large CPU tensors, ``torch.tanh`` otherwise)."""
+    return _Tanh.apply(x) if x.device.type == "cpu" and x.numel() >= _LARGE else torch.tanh(x)
 
 
 class BatchedLinear(nn.Module):
-    """``n_models`` independent affine maps applied to inputs of shape (n_models, batch, in)."""
+    """``n_models`` independent affine maps applied to inputs of shape (n_models, batch, in).
+
+    The weight is stored as ``nn.Linear`` stores it, (n_models, out, in): the layout in which the
+    training step's batched products are fast. (Version 1 stored (n_models, in, out); such state
+    dicts are transposed on load.)
+    """
+
+    _version = 2
 
     def __init__(self, n_models: int, d_in: int, d_out: int, generators: Sequence[torch.Generator]):
         super().__init__()
         if len(generators) != n_models:
             raise ValueError("need one generator per model")
         bound = 1.0 / math.sqrt(d_in)  # the default initialisation of nn.Linear
+        # drawn in (in, out) order, as before the layout changed, so every seed starts where it did
         w = torch.stack([torch.empty(d_in, d_out).uniform_(-bound, bound, generator=g) for g in generators])
         b = torch.stack([torch.empty(1, d_out).uniform_(-bound, bound, generator=g) for g in generators])
-        self.weight = nn.Parameter(w)
+        self.weight = nn.Parameter(w.transpose(1, 2).contiguous())
         self.bias = nn.Parameter(b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            return torch.baddbmm(self.bias, x, self.weight)
-        return torch.matmul(x, self.weight) + self.bias  # (..., n_models, batch, in): broadcast
+        if x.dim() == 3 and x.shape[0] == self.weight.shape[0]:
+            if x.shape[0] * x.shape[1] * max(self.weight.shape[1:]) >= _LARGE:
+                return _BatchedAffine.apply(x, self.weight, self.bias)
+            return torch.baddbmm(self.bias, x, self.weight.transpose(1, 2))
+        return torch.matmul(x, self.weight.transpose(-1, -2)) + self.bias  # (..., n_models, batch, in)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        key, version = prefix + "weight", local_metadata.get("version")
+        w = state_dict.get(key)
+        if w is not None and w.dim() == 3:
+            old = version < 2 if version is not None else (  # no metadata (a plain dict): judge by shape
+                w.shape != self.weight.shape and w.transpose(1, 2).shape == self.weight.shape)
+            if old:
+                state_dict[key] = w.transpose(1, 2).contiguous()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
 
 class GaussianMLP(nn.Module):
@@ -56,7 +135,15 @@ class GaussianMLP(nn.Module):
         self.min_std = min_std
 
     def forward(self, x: torch.Tensor):
-        mean, log_std = self.heads(torch.tanh(self.hidden_layer(x))).chunk(2, dim=-1)
+        n = self.hidden_layer.weight.shape[0]
+        lead = None
+        if x.dim() > 3 and x.shape[-3] == n:   # (..., n_models, batch, in): one 3-D product per layer
+            lead = x.movedim(-3, 0).shape[1:-1]
+            x = x.movedim(-3, 0).reshape(n, -1, x.shape[-1])
+        out = self.heads(fast_tanh(self.hidden_layer(x)))
+        if lead is not None:
+            out = out.reshape(n, *lead, out.shape[-1]).movedim(0, -3)
+        mean, log_std = out.chunk(2, dim=-1)
         std = self.min_std + torch.exp(log_std.clamp(max=10.0))
         return diagonal_gaussian(mean, std)
 
