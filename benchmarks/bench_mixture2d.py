@@ -36,6 +36,7 @@ BASELINE_REV = "0a0914c"
 _SWEEP = """
 import json, sys, time
 import torch
+import mimlib
 from mimlib import presets
 from mimlib.mixture2d import run_sweep
 args = json.loads(sys.argv[1])
@@ -46,7 +47,7 @@ t0 = time.perf_counter()
 sweep = run_sweep(cfg, runs_dir=args["runs"], progress=False, **kw)
 wall = time.perf_counter() - t0
 sweep.results.to_csv(args["out"], index=False)
-print(json.dumps({"wall": wall, "train_seconds": sweep.train_seconds}))
+print(json.dumps({"wall": wall, "train_seconds": sweep.train_seconds, "mimlib": mimlib.__file__}))
 """
 
 
@@ -76,10 +77,11 @@ def sweep(args) -> None:
         print(f"{what}; this checkout: {args.workers} worker process(es) x 1 thread; "
               f"{args.baseline_rev}: 1 process x {args.workers} thread(s)", flush=True)
         new = _sweep(ROOT, 1, args.workers, args.hidden, args.seeds, tmp, "new")
-        print(f"this checkout: {new['wall']:.0f} s wall ({new['process_wall']:.0f} s with start-up), "
-              f"{new['train_seconds']:.0f} s of training summed over groups", flush=True)
+        print(f"this checkout ({new['mimlib']}): {new['wall']:.0f} s wall ({new['process_wall']:.0f} s with "
+              f"start-up), {new['train_seconds']:.0f} s of training summed over groups", flush=True)
         base = _sweep(old, args.workers, 1, args.hidden, args.seeds, tmp, "old")
-        print(f"{args.baseline_rev}: {base['wall']:.0f} s wall ({base['process_wall']:.0f} s with start-up)")
+        print(f"{args.baseline_rev} ({base['mimlib']}): {base['wall']:.0f} s wall ({base['process_wall']:.0f} s "
+              f"with start-up), {base['train_seconds']:.0f} s of training summed over groups")
         print(f"speed-up of the whole sweep: x{base['process_wall'] / new['process_wall']:.2f} "
               f"(wall with start-up)")
         a, b = pd.read_csv(tmp / "new.csv"), pd.read_csv(tmp / "old.csv")

@@ -64,7 +64,7 @@ from . import metrics
 from .nets.hvae import ConvHVAE
 from .nets.pixelhvae import PixelHVAE
 from .objectives import MIMOptions, get_objective
-from .precision import REQUESTS, resolve_precision
+from .precision import REQUESTS, resolve_precision, torch_device
 from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
 from .train import FitConfig, FitResult, config_hash, fit
 
@@ -116,6 +116,7 @@ class ImageStudyConfig:
     curve_k: int = C.train(5)
     # reference-code choices (mimlib.optim, mimlib.objectives.MIMOptions); defaults: this book's until 2026-12
     optimizer: str = C.train("adam", joined=True)              # "adam-normgrad": the reference's
+    selection: str = C.train("best", joined=True)              # "last": no early stopping, last epoch kept
     mim_warmup: str = C.train("rescale", joined=True)          # "reference": beta on log p(z2) too
     mim_decoder_start: str = C.train("always", joined=True)    # "after_warmup": decoder half once beta = 1
     mim_decoder_z: str = C.train("anchor", joined=True)        # "prior": z of that half from p(z)
@@ -171,16 +172,15 @@ class ImageStudyConfig:
 
     def fit_config(self) -> FitConfig:
         return FitConfig(lr=self.lr, max_epochs=self.max_epochs, patience=self.patience,
-                         warmup_epochs=self.warmup_epochs, seed=self.seed, optimizer=self.optimizer)
+                         warmup_epochs=self.warmup_epochs, seed=self.seed, optimizer=self.optimizer,
+                         selection=self.selection)
 
     def mim_options(self) -> MIMOptions:
         return MIMOptions(warmup=self.mim_warmup, decoder_start=self.mim_decoder_start,
                           decoder_z=self.mim_decoder_z, score_cost=self.mim_score_cost)
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return torch_device(self.device)
 
     def run_key(self) -> dict[str, Any]:
         """What a trained model (and its training history) depends on: names its run folder.
@@ -824,22 +824,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs-dir", default="runs", help="folder of the run folders (the chapter uses ../runs "
                                                         "from book/, i.e. runs/ at the repository root)")
     ap.add_argument("--no-eval", action="store_true", help="train only")
-    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="further overrides of the preset, VALUE parsed as JSON (e.g. max_epochs=2)")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                    help="further overrides of the preset, VALUE parsed as JSON (e.g. max_epochs=2); may be "
+                         "repeated, every one counts")
     args = ap.parse_args(argv)
     if args.model == "convhvae" and args.prior is None:
         ap.error("the following arguments are required: --prior")
+    explicit = {"dataset": args.dataset, "prior": args.prior, "objective": args.objective, "seed": args.seed,
+                "threads": args.threads, "device": args.device}
     overrides: dict[str, Any] = {}
     for item in args.set:
-        name, _, value = item.partition("=")
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            ap.error(f"--set expects NAME=VALUE, got {item!r}")
+        if name in overrides:
+            ap.error(f"--set {name} is given twice ({overrides[name]!r} and {value!r})")
         try:
             overrides[name] = json.loads(value)
         except json.JSONDecodeError:
             overrides[name] = value
+    for name in set(overrides) & set(explicit):
+        flag_default = ap.get_default(name)
+        if explicit[name] is not None and explicit[name] != flag_default and explicit[name] != overrides[name]:
+            ap.error(f"--{name} {explicit[name]} and --set {name}={overrides[name]} disagree; give one")
+        explicit[name] = overrides.pop(name)
     study = "images" if args.model == "convhvae" else args.model
-    cfg = presets.resolve(study, args.preset, dataset=args.dataset, prior=args.prior,
-                          objective=args.objective, seed=args.seed, threads=args.threads,
-                          device=args.device, **overrides)
+    try:
+        cfg = presets.resolve(study, args.preset, **explicit, **overrides)
+    except (TypeError, ValueError) as e:
+        ap.error(str(e))
     print(f"{run_name(cfg)}: {json.dumps(asdict(cfg))}", flush=True)
     model, res, data = train_model(cfg, args.runs_dir, log=True)
     state = "loaded (finished earlier)" if res.loaded else (

@@ -30,6 +30,7 @@ from . import metrics
 from .data import MixtureStream, sample_mixture, split_batches
 from .nets.mlp import MixtureModel2D
 from .objectives import MIMOptions, get_objective
+from .precision import torch_device
 from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
 from .train import FitConfig, FitResult, config_hash, fit
 
@@ -109,7 +110,7 @@ def group_name(objective: str, hidden: int, cfg: Mixture2DConfig) -> str:
 def train_group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
                 progress: bool | None = None) -> tuple[MixtureModel2D, FitResult]:
     """Train every seed of one (objective, hidden width) as one batched model."""
-    device = torch.device(cfg.device)
+    device = torch_device(cfg.device)
     model = MixtureModel2D(hidden, cfg.seeds, min_std=cfg.min_std).to(device)
     stream = MixtureStream(cfg.seeds, n_train=cfg.n_train)
     val = stream.validation(cfg.n_val).to(device)

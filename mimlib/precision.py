@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["PRECISIONS", "REQUESTS", "CpuInfo", "cpu_info", "native_bf16", "bf16_speedup",
-           "resolve_precision", "describe"]
+           "resolve_precision", "describe", "torch_device"]
 
 #: Compute precisions: name -> autocast dtype (None: plain float32).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
@@ -179,3 +179,15 @@ def describe(device: str | torch.device = "cpu") -> str:
     if dev.type == "cuda" and torch.cuda.is_available():
         line += f"; GPU {torch.cuda.get_device_name(dev)}"
     return f"{line}; precision 'auto' -> {resolve_precision('auto', dev)}"
+
+
+def torch_device(name: str) -> torch.device:
+    """``"cpu"``, ``"cuda[:n]"`` or ``"auto"`` (a GPU where torch sees one) as a torch device, with a
+    clear error where a GPU is asked for and none is visible."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}, but torch sees no GPU here (torch.cuda.is_available() is False; "
+                         f"this torch is {torch.__version__}); use device='auto' (a GPU where there is one) or 'cpu'")
+    return device

@@ -41,6 +41,7 @@ class FitConfig:
     min_delta: float = 0.0       # an improvement must beat the best loss by more than this
     optimizer: str = "adam"      # "adam" or "adam-normgrad" (the reference code's images; mimlib.optim)
     lr_schedule: str = "constant"  # "constant" or "noam" (the reference code's 2-D schedule; mimlib.optim)
+    selection: str = "best"      # "best": early stopping, best validation epoch kept; "last": every epoch, last kept
 
     def __post_init__(self):
         if self.lr <= 0:
@@ -53,6 +54,8 @@ class FitConfig:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.selection not in ("best", "last"):
+            raise ValueError(f"selection must be 'best' or 'last', got {self.selection!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
@@ -237,8 +240,11 @@ def fit(model: torch.nn.Module,
         if not bool(torch.isfinite(val[active]).all()):
             raise FloatingPointError(f"non-finite validation loss at epoch {epoch}: {val.tolist()}")
 
-        # Early stopping, per model, once the warm-up is over.
-        if beta >= 1.0:
+        # Early stopping, per model, once the warm-up is over ("last": no stopping, every epoch counts).
+        if config.selection == "last":
+            best_loss, best_epoch = val.detach().clone(), torch.full_like(best_epoch, epoch)
+            _update_best(best_state, model, torch.ones_like(active), n_models)
+        elif beta >= 1.0:
             improved = active & (val < best_loss - config.min_delta)
             best_loss = torch.where(improved, val, best_loss)
             best_epoch = torch.where(improved, torch.tensor(epoch), best_epoch)
@@ -318,7 +324,7 @@ def _update_best(best_state: dict[str, torch.Tensor], model: torch.nn.Module,
 
 
 #: FitConfig fields added after runs were stored, with the value those runs had.
-_FIT_JOINED = {"optimizer": "adam", "lr_schedule": "constant"}
+_FIT_JOINED = {"optimizer": "adam", "lr_schedule": "constant", "selection": "best"}
 
 
 def _check_config(stored: dict, current: dict, path: Path, migrate=None) -> None:

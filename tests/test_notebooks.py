@@ -89,3 +89,30 @@ def test_committed_notebooks_use_book_preset():
         assert 'preset = "book"' in params[0].source, py.name
         assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells), \
             f"{py.name} holds papermill-injected parameters: commit the book-preset execution"
+
+
+def _tiny_notebook(path: Path, stored: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(6 * 7)", metadata={"tags": ["NBVAL_CHECK_OUTPUT"]}, execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
+    nb.cells = [cell]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_nbval_compares_the_outputs_of_tagged_cells(tmp_path):
+    """The chapters' NBVAL_CHECK_OUTPUT *tags* are honoured (the root conftest.py maps them onto nbval's
+    markers; nbval alone knows them only as source comments and ignored them): a wrong stored output fails."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    _tiny_notebook(tmp_path / "good.ipynb", "42\n")
+    _tiny_notebook(tmp_path / "bad.ipynb", "41\n")
+    run = lambda name: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+         name], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    good, bad = run("good.ipynb"), run("bad.ipynb")
+    assert good.returncode == 0, good.stdout[-2000:]
+    assert bad.returncode != 0 and "41" in bad.stdout, bad.stdout[-2000:]

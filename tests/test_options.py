@@ -171,3 +171,21 @@ def test_options_are_validated_and_reference_preset_is_complete():
     assert presets.resolve("pixelhvae", "paper").mim_options() == O.MIMOptions.reference()
     book = presets.resolve("images", "book")
     assert book.mim_options() == O.MIMOptions() and book.optimizer == "adam"
+
+
+def test_selection_last_keeps_the_last_epoch_and_never_stops():
+    from mimlib.train import FitConfig, fit
+    from mimlib.data import split_batches
+
+    stream = MixtureStream([0, 1], n_train=256)
+    val = stream.validation(128)
+    model = MixtureModel2D(4, [0, 1])
+    cfg = FitConfig(max_epochs=4, patience=1, warmup_epochs=0, selection="last")
+    res = fit(model, O.get_objective("vae"), lambda e: split_batches(stream.epoch(e), 64),
+              lambda: split_batches(val, 128), cfg, progress=False)
+    assert res.best_epoch == [3, 3] and res.stop_epoch == [3, 3] and len(res.history) == 8
+    # the returned parameters are those after the last epoch: one more validation gives its loss
+    last = res.history[res.history.epoch == 3].val_loss.tolist()
+    assert res.best_val_loss == pytest.approx(last)
+    with pytest.raises(ValueError, match="selection"):
+        FitConfig(selection="first")

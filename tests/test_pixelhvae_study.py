@@ -154,3 +154,23 @@ def test_cli_resolves_pixelhvae(monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as err:   # the convHVAE still needs --prior: an argparse error, no training
         S.main(["--preset", "smoke", "--dataset", "mnist", "--objective", "vae"])
     assert err.value.code == 2 and not seen
+
+
+def test_cli_set_repeats_and_overrides_named_flags(monkeypatch):
+    """Every --set counts; --set seed=1 (a named flag's field) is taken, not a 'multiple values' crash."""
+    seen = {}
+
+    def fake_train(cfg, runs_dir, log=False):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+    monkeypatch.setattr(S, "train_model", fake_train)
+    with pytest.raises(SystemExit):
+        S.main(["--preset", "smoke", "--dataset", "mnist", "--prior", "standard", "--objective", "vae",
+                "--set", "lr=0.01", "--set", "max_epochs=1", "seed=3"])
+    cfg = seen["cfg"]
+    assert (cfg.lr, cfg.max_epochs, cfg.seed) == (0.01, 1, 3)
+    for bad in (["--set", "lr=1", "--set", "lr=2"], ["--seed", "2", "--set", "seed=3"], ["--set", "lr"],
+                ["--set", "hiden=5"]):
+        with pytest.raises(SystemExit) as e:
+            S.main(["--preset", "smoke", "--dataset", "mnist", "--prior", "standard", "--objective", "vae", *bad])
+        assert e.value.code == 2, bad

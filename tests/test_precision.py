@@ -156,7 +156,8 @@ def test_every_image_field_has_a_group_and_moves_the_name_it_should():
     base, base_eval = S.run_name(cfg), cfg.eval_key()
     choices = {"model": "pixelhvae", "dataset": "fashion-mnist", "prior": "vampprior", "objective": "mim",
                "pseudo_init": "data", "optimizer": "adam-normgrad", "mim_warmup": "reference",
-               "mim_decoder_start": "after_warmup", "mim_decoder_z": "prior", "mim_score_cost": "x_dependent"}
+               "mim_decoder_start": "after_warmup", "mim_decoder_z": "prior", "mim_score_cost": "x_dependent",
+               "selection": "last"}
 
     def changed(f):
         v = getattr(cfg, f)
@@ -177,3 +178,12 @@ def test_every_image_field_has_a_group_and_moves_the_name_it_should():
         assert S.run_name(other) == base and other.eval_key() == base_eval, f
     assert set(C.fields_of(cfg, "runtime")) == {"precision", "eval_precision", "channels_last", "threads",
                                                  "device", "preset"}
+
+
+def test_cuda_without_a_gpu_says_so(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="torch sees no GPU here.*'auto'.*'cpu'"):
+        P.torch_device("cuda")
+    with pytest.raises(ValueError, match="no GPU"):
+        S.build_model(S.ImageStudyConfig(**ONE_STEP, device="cuda"))
+    assert P.torch_device("auto").type == "cpu"
