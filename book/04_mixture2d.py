@@ -53,6 +53,7 @@ ablation_lr = 3e-4   # learning rate of the ablation at the largest width (None 
 workers = 2          # processes of one torch thread each that share the groups (1: this process)
 results_dir = "results"
 runs_dir = "../runs"
+PARAMETERS = dict(globals())   # what a papermill run may set; anything else is refused below
 
 # %%
 import dataclasses
@@ -65,11 +66,12 @@ import torch
 from myst_nb import glue
 
 from mimlib import data, metrics, objectives, plots, precision, presets
-from mimlib.book import show_source, write_results
+from mimlib.book import check_parameters, show_source, write_results
 from mimlib.mixture2d import run_sweep
 from mimlib.nets import mlp
 from mimlib.published import mixture2d_reference, published
 
+check_parameters(globals(), PARAMETERS)
 torch.set_num_threads(max(1, torch.get_num_threads()))
 cfg = presets.resolve("mixture2d", preset, hidden=hidden, seeds=seeds, patience=patience,
                       max_epochs=max_epochs, device=device)

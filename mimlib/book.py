@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["show_source", "print_table", "write_results", "print_run_settings"]
+__all__ = ["show_source", "print_table", "write_results", "print_run_settings", "check_parameters"]
+
+#: Names IPython puts in a notebook's namespace (never parameters).
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 
 
 def show_source(obj, lines: tuple[int, int] | None = None, strip_docstring: bool = False):
@@ -121,3 +124,22 @@ def print_run_settings(preset: str, cfg, skip: tuple[str, ...] = (), train_image
     for f in dataclasses.fields(cfg):
         if f.name not in skip:
             print(f"  {f.name} = {getattr(cfg, f.name)}")
+
+
+def check_parameters(namespace: dict, parameters: dict) -> None:
+    """Refuse names a notebook run was given that its parameters cell does not define.
+
+    The parameters cell ends with ``PARAMETERS = dict(globals())``; papermill injects its values in
+    the cell after it, so a misspelt name (``-p hiden 5``) would otherwise run the whole chapter on the
+    preset's values. Call ``check_parameters(globals(), PARAMETERS)`` in the next cell, before it assigns
+    anything (imports may come first: modules, functions and classes are not parameters): any new public
+    data name raises ``NameError`` naming it and listing the valid ones.
+    """
+    import types
+
+    known = set(parameters) | {"PARAMETERS"}
+    unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in known
+                     and k not in _IPYTHON_NAMES and not isinstance(v, types.ModuleType) and not callable(v))
+    if unknown:
+        valid = sorted(k for k in known - _IPYTHON_NAMES - {"PARAMETERS"} if not k.startswith("_"))
+        raise NameError(f"unknown parameter(s) {unknown}; this notebook's parameters are {valid}")

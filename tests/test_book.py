@@ -57,3 +57,23 @@ def test_two_writers_in_parallel_never_corrupt_or_lose_rows(tmp_path):
     assert sorted(out.model.unique()) == ["convhvae", "pixelhvae"]
     assert len(out) == 6 and (out.i == n - 1).all()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_check_parameters_rejects_a_misspelt_papermill_parameter(tmp_path):
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('hidden = None\nseeds = None\nPARAMETERS = dict(globals())',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("from mimlib.book import check_parameters\n"
+                                          "check_parameters(globals(), PARAMETERS)\nprint(hidden)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "p.ipynb"
+    nbformat.write(nb, src)
+    ok = pm.execute_notebook(str(src), str(tmp_path / "ok.ipynb"), parameters={"hidden": [5]}, kernel_name="python3",
+                             progress_bar=False)
+    assert "[5]" in ok.cells[-1].outputs[0].text
+    with pytest.raises(pm.PapermillExecutionError, match=r"unknown parameter\(s\) \['hiden'\].*\['hidden', 'seeds'\]"):
+        pm.execute_notebook(str(src), str(tmp_path / "bad.ipynb"), parameters={"hiden": [5]}, kernel_name="python3",
+                            progress_bar=False)
