@@ -207,9 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nbf16 autocast against float32, both channels last (same machine, same threads); "
               f"'auto' picks {auto} here:")
         for config, fp32, bf16 in summary:
+            picked = fp32 if auto == "fp32" else bf16
             print(f"  {config:7s} fp32 {fp32:6.3f} s/step, bf16 {bf16:6.3f} s/step: bf16 is x{fp32 / bf16:.2f} "
-                  f"as fast; auto trains at {min(fp32, bf16) if auto == ('fp32' if fp32 <= bf16 else 'bf16') else max(fp32, bf16):.3f} s/step "
-                  f"({'the faster' if (auto == 'fp32') == (fp32 <= bf16) else 'NOT the faster'} of the two)")
+                  f"as fast; auto trains at {picked:.3f} s/step "
+                  f"({'the faster' if picked == min(fp32, bf16) else 'NOT the faster'} of the two)")
 
 
 if __name__ == "__main__":

@@ -171,8 +171,8 @@ for f in (d.entropy, d.cross_entropy, d.kl, d.anchored_encoding, d.anchored_deco
 #
 # :::{prf:proof}
 # Write the divergence as an expectation under $A_q$:
-# $D_{\mathrm{KL}}(A_q \,\|\, A_p) = \mathbb{E}_{A_q}\big[\log q(z|x) + \log P(x) - \log p(x|z)
-# - \log P(z)\big]$. The three terms other than $\log P(x)$ are, with the sign flipped,
+# $D_{\mathrm{KL}}(A_q \,\|\, A_p) = \mathbb{E}_{A_q}\big[\log q(z|x) + \log P(x) - \log p(x|z) -
+# \log P(z)\big]$. The three terms other than $\log P(x)$ are, with the sign flipped,
 # $\mathbb{E}_{P(x)} \mathrm{ELBO}(x)$, so they add up to $L_{\mathrm{VAE}}$. The remaining
 # term is $\mathbb{E}_{A_q} \log P(x) = \mathbb{E}_{P(x)} \log P(x) = -H(P(x))$, because it
 # does not depend on $z$. Hence $D_{\mathrm{KL}}(A_q \,\|\, A_p) = L_{\mathrm{VAE}} - H(P(x))$.

@@ -72,8 +72,8 @@ show, same = print_table, d.agree
 # :::{prf:theorem} The cross-entropy loss bounds the mixture entropy
 # :label: thm-ch2-lce
 #
-# $L_{\mathrm{CE}} = H(\mathcal{M}_S)
-# + D_{\mathrm{KL}}(\mathcal{M}_S \,\|\, \mathcal{M}_\theta) \ge H(\mathcal{M}_S)$, with
+# $L_{\mathrm{CE}} = H(\mathcal{M}_S) +
+# D_{\mathrm{KL}}(\mathcal{M}_S \,\|\, \mathcal{M}_\theta) \ge H(\mathcal{M}_S)$, with
 # equality if and only if $\mathcal{M}_\theta = \mathcal{M}_S$.
 # :::
 #
@@ -333,8 +333,8 @@ print("Eq. 11 and L_MIM >= R_H hold on every sweep instance:",
 # :::{prf:proof}
 # The first two steps are {prf:ref}`thm-ch2-rmim` and {prf:ref}`thm-ch2-lce`. For the last,
 # with $a$ the joint and $a_x, a_z$ its marginals,
-# $I_a(x; z) = D_{\mathrm{KL}}(a \,\|\, a_x a_z) = \mathbb{E}_a\big[\log a - \log a_x
-# - \log a_z\big] = -H(a) + H(a_x) + H(a_z)$. Equality throughout needs $q = p$ on the
+# $I_a(x; z) = D_{\mathrm{KL}}(a \,\|\, a_x a_z) = \mathbb{E}_a\big[\log a - \log a_x -
+# \log a_z\big] = -H(a) + H(a_x) + H(a_z)$. Equality throughout needs $q = p$ on the
 # support of $\mathcal{M}_S$ and $\tfrac12 (q + p) = \mathcal{M}_S$. The second condition makes
 # $\mathcal{M}_S$ zero wherever $q$ and $p$ both vanish, so the first one holds everywhere,
 # and $q = p = \mathcal{M}_S$.

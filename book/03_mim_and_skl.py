@@ -198,8 +198,8 @@ show(rows, index="epsilon")
 #
 # which takes both signs. For fixed encoder and decoder, $L_{\mathrm{MIM}}$ is smallest when
 # $q(x) = \mathcal{M}_S(x)$ and $p(z) = \mathcal{M}_S(z)$. There the difference is
-# $-\tfrac12 \big(D_{\mathrm{KL}}(\mathcal{M}_S(x) \,\|\, P(x))
-# + D_{\mathrm{KL}}(\mathcal{M}_S(z) \,\|\, P(z))\big) \le 0$.
+# $-\tfrac12 \big(D_{\mathrm{KL}}(\mathcal{M}_S(x) \,\|\, P(x)) +
+# D_{\mathrm{KL}}(\mathcal{M}_S(z) \,\|\, P(z))\big) \le 0$.
 # :::
 #
 # :::{prf:proof}
@@ -353,8 +353,8 @@ print("L_MIM == SKL/2 + R_H == H(M_S):",
 # 12. **Algorithm 1**: the comments on lines 4 and 9 are swapped (line 5 is the importance
 #     estimate, line 10 the one-sample marginal). Line 13 sums the two halves, giving
 #     $2 L_{\mathrm{MIM}}$. The one-sample $\log q(x)$ makes the expected loss
-#     $L_{\mathrm{MIM}} + \tfrac14 \mathbb{E}_{P(x)} D_{\mathrm{KL}}(q(z|x) \,\|\, \bar p(z|x))
-#     - \tfrac14 I_{A_p}(x; z)$, neither above nor below $L_{\mathrm{MIM}}$
+#     $L_{\mathrm{MIM}} + \tfrac14 \mathbb{E}_{P(x)} D_{\mathrm{KL}}(q(z|x) \,\|\, \bar p(z|x)) -
+#     \tfrac14 I_{A_p}(x; z)$, neither above nor below $L_{\mathrm{MIM}}$
 #     ({prf:ref}`thm-ch2-algorithm1-bias`).
 # 13. **Appendix E.2** gives A-MIM's sample distribution as $P(x)\, q_\theta(z)$. It is the
 #     anchored encoding joint $q_\theta(z|x) P(x)$, as in `mimlib.objectives.amim`.

@@ -251,7 +251,7 @@ show_source(objectives_module._mim_decoder_term, strip_docstring=True)
 # stay float32), and the channels-last memory layout. bfloat16 is several times *faster* on CPUs that
 # compute it natively (AMX, AVX512-BF16) and many times *slower* on the others, where it is emulated
 # (AVX2-only CPUs such as AMD's Zen 3). So the presets ask for `precision="auto"`
-# (`mimlib.precision`): bfloat16 only where the CPU has the instructions and a one-second
+# (`mimlib.precision`): bfloat16 only where the CPU has the instructions and a short
 # measurement confirms the gain, float32 elsewhere. Precision is not part of a run's identity; the
 # results table records what each run computed in (its `precision` column), and the committed runs of
 # this page were trained in bfloat16 on a 2-core CPU with AMX. MIM costs about twice the VAE per step

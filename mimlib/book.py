@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import re
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pandas as pd
+
+from .atomic import write_atomic
 
 __all__ = ["show_source", "print_table", "write_results", "print_run_settings", "check_parameters"]
 
@@ -74,22 +74,8 @@ def write_results(df: pd.DataFrame, results_dir: str | Path, name: str,
             kept = old[~match]
             if len(kept):
                 df = pd.concat([kept, df], ignore_index=True)
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.csv.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                df.to_csv(f, index=False, float_format="%.6g")
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, df.to_csv(index=False, float_format="%.6g"))
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @contextlib.contextmanager

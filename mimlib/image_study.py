@@ -48,7 +48,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +63,7 @@ from . import metrics
 from .nets.hvae import ConvHVAE
 from .nets.pixelhvae import PixelHVAE
 from .objectives import MIMOptions, get_objective
+from .atomic import write_atomic
 from .precision import REQUESTS, resolve_precision, torch_device
 from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
 from .train import FitConfig, FitResult, config_hash, fit
@@ -621,7 +621,7 @@ def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConf
         "run": run_name(cfg),
     })
     if cache is not None:
-        _atomic_write_text(cache, json.dumps(row, indent=1))
+        write_atomic(cache, json.dumps(row, indent=1))
     return row
 
 
@@ -631,18 +631,6 @@ def _trained_precision(result: FitResult | None, current: str) -> str:
     if result is None or "precision" not in result.history:
         return current
     return "+".join(dict.fromkeys(result.history["precision"].dropna().astype(str))) or current
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -723,25 +711,33 @@ def figure_arrays(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConfi
             "samples": as_u8(samples(model, n_images, generator_seed=cfg.eval_seed))}
 
 
-def _record_run(run: ImageStudyConfig, runs_dir, records_dir, data: I.BinarizedImages, progress,
-                arrays: Callable | None) -> dict[str, Any]:
-    """One run of :func:`run_study`: from its record when it has one for this evaluation, else trained
-    (or loaded from its run folder), evaluated and, with ``records_dir``, recorded and read back."""
+def _from_record(run: ImageStudyConfig, records_dir) -> tuple[RunRecord | None, dict[str, Any] | None]:
+    """A run's record (or None) and, if it also holds an evaluation for ``run``'s settings, the run's
+    row, history, figure arrays and seconds as :func:`_record_run` returns them."""
     name = run_name(run)
     rec = read_record(records_dir, STUDY, name, run.run_key())
     rows = read_evaluation(records_dir, STUDY, name, run.eval_key()) if rec is not None else None
-    if rec is not None and rows is not None:
-        row = rows.to_dict("records")[0]
-        row["preset"] = run.preset
-        return {"row": row, "history": rec.history, "arrays": rec.arrays, "model": None,
-                "seconds": float(rec.info["train_seconds"]), "data": _subset(data, run) if data is not None else None}
+    if rows is None:
+        return rec, None
+    row = rows.to_dict("records")[0]
+    row["preset"] = run.preset
+    return rec, {"row": row, "history": rec.history, "arrays": rec.arrays, "model": None,
+                 "seconds": float(rec.info["train_seconds"])}
+
+
+def _record_run(run: ImageStudyConfig, runs_dir, records_dir, data: I.BinarizedImages, progress,
+                arrays: Callable | None, rec: RunRecord | None) -> dict[str, Any]:
+    """One run of :func:`run_study` that its records do not cover: trained (or loaded from its run
+    folder), evaluated and, with ``records_dir``, recorded (``rec``: its record without this
+    evaluation, if any) and read back."""
+    name = run_name(run)
     model, res, run_data = train_model(run, runs_dir, data, progress)
     run_dir = run_dir_of(run, runs_dir) if runs_dir is not None else None
     row = evaluate_model(model, run_data, run, res, run_dir)
     h = res.history.copy()
     for col, v in (("seed", run.seed), ("objective", run.objective), ("prior", run.prior), ("dataset", run.dataset)):
         h.insert(0, col, v)
-    out = {"row": row, "history": h, "arrays": {}, "model": model, "seconds": res.seconds, "data": run_data}
+    out = {"row": row, "history": h, "arrays": {}, "model": model, "seconds": res.seconds}
     if records_dir is not None:
         if rec is None:
             figs = arrays(model, run_data, run) if arrays is not None else {}
@@ -781,17 +777,12 @@ def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None
             for objective in objectives:
                 for seed in seeds:
                     run = dataclasses.replace(base, prior=prior, objective=objective, seed=seed)
-                    if dataset not in loaded:   # loaded once, lazily: a study read from records needs no data
-                        name = run_name(run)
-                        if (read_evaluation(records_dir, STUDY, name, run.eval_key()) is not None
-                                and read_record(records_dir, STUDY, name, run.run_key()) is not None
-                                and not (data and dataset in data)):
-                            out = _record_run(run, None, records_dir, None, progress, arrays)
-                        else:
+                    rec, out = _from_record(run, records_dir)
+                    if out is None:
+                        if dataset not in loaded:   # loaded once, lazily: runs read from records need no data
                             loaded[dataset] = (_subset(data[dataset], base) if data and dataset in data
                                                else load_data(base))
-                    if dataset in loaded:
-                        out = _record_run(run, runs_dir, records_dir, loaded[dataset], progress, arrays)
+                        out = _record_run(run, runs_dir, records_dir, loaded[dataset], progress, arrays, rec)
                     key = (dataset, prior, objective, seed)
                     rows.append(out["row"])
                     hists.append(out["history"])

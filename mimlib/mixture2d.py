@@ -197,6 +197,19 @@ class SweepResult:
     trained: list[tuple[str, int]] = field(default_factory=list)   # groups whose weights were needed
 
 
+def _from_record(objective: str, hidden: int, cfg: Mixture2DConfig, records_dir: str | Path | None
+                 ) -> tuple[RunRecord | None, dict[str, Any] | None]:
+    """A group's record (or None) and, if it also holds an evaluation for ``cfg``'s settings, the
+    group's rows, history, Fig. 1 arrays and seconds as :func:`_group` returns them."""
+    name = group_name(objective, hidden, cfg)
+    rec = read_record(records_dir, STUDY, name, cfg.group_key(objective, hidden))
+    rows = read_evaluation(records_dir, STUDY, name, C.key(cfg, "evaluate")) if rec is not None else None
+    if rows is None:
+        return rec, None
+    return rec, {"rows": rows, "history": rec.history, "panel": rec.arrays, "model": None,
+                 "seconds": float(rec.info["train_seconds"])}
+
+
 def _group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None,
            records_dir: str | Path | None, progress: bool | None) -> dict[str, Any]:
     """One (objective, hidden) group: read from its run record if it has one for these evaluation
@@ -204,11 +217,9 @@ def _group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Pa
     recorded, then read back from the record (so a first execution and a re-execution from the
     records print the same). Returns rows, history, Fig. 1 arrays, seconds, and the model if any."""
     name, key, ev_key = group_name(objective, hidden, cfg), cfg.group_key(objective, hidden), C.key(cfg, "evaluate")
-    rec = read_record(records_dir, STUDY, name, key)
-    rows = read_evaluation(records_dir, STUDY, name, ev_key) if rec is not None else None
-    if rec is not None and rows is not None:
-        return {"rows": rows, "history": rec.history, "panel": rec.arrays, "model": None,
-                "seconds": float(rec.info["train_seconds"])}
+    rec, recorded = _from_record(objective, hidden, cfg, records_dir)
+    if recorded is not None:
+        return recorded
     model, res = train_group(objective, hidden, cfg, runs_dir, progress)
     model.eval()
     ev = evaluate_group(model, cfg)
@@ -263,12 +274,11 @@ def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
     t0 = time.perf_counter()
     groups = [(o, h) for o in cfg.objectives for h in cfg.hidden]
     done: dict[tuple[str, int], dict] = {}
-    ev_key = C.key(cfg, "evaluate")
     todo = []
     for o, h in groups:   # groups with a complete record are read here, in this process
-        rec = read_record(records_dir, STUDY, group_name(o, h, cfg), cfg.group_key(o, h))
-        if rec is not None and read_evaluation(records_dir, STUDY, rec.name, ev_key) is not None:
-            done[(o, h)] = _group(o, h, cfg, runs_dir, records_dir, progress)
+        recorded = _from_record(o, h, cfg, records_dir)[1]
+        if recorded is not None:
+            done[(o, h)] = recorded
         else:
             todo.append((o, h))
     if workers == 1 or len(todo) <= 1:
@@ -277,27 +287,19 @@ def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
     else:
         ctx = multiprocessing.get_context("spawn")
         order = sorted(todo, key=lambda g: (-g[1], g[0] != "mim"))   # widest (slowest) first
-        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-        os.environ["OMP_NUM_THREADS"] = "1"   # read by each spawned worker as it imports torch
-        try:
-            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as ex:
-                futures = {ex.submit(_group_in_worker, *g, cfg, runs_dir, records_dir): g for g in order}
-                bar = _bar(len(todo), progress)
-                for fut in as_completed(futures):
-                    g = futures[fut]
-                    out = fut.result()
-                    if out["model"] is not None:
-                        model = MixtureModel2D(g[1], cfg.seeds, min_std=cfg.min_std).to(cfg.device)
-                        model.load_state_dict(out["model"])
-                        out["model"] = model.eval()
-                    done[g] = out
-                    bar.update(1)
-                bar.close()
-        finally:
-            if env["OMP_NUM_THREADS"] is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as ex:
+            futures = {ex.submit(_group_in_worker, *g, cfg, runs_dir, records_dir): g for g in order}
+            bar = _bar(len(todo), progress)
+            for fut in as_completed(futures):
+                g = futures[fut]
+                out = fut.result()
+                if out["model"] is not None:
+                    model = MixtureModel2D(g[1], cfg.seeds, min_std=cfg.min_std).to(cfg.device)
+                    model.load_state_dict(out["model"])
+                    out["model"] = model.eval()
+                done[g] = out
+                bar.update(1)
+            bar.close()
     return SweepResult(pd.concat([done[g]["rows"] for g in groups], ignore_index=True),
                        pd.concat([done[g]["history"] for g in groups], ignore_index=True),
                        {g: done[g]["model"] for g in groups if done[g]["model"] is not None},

@@ -15,7 +15,7 @@ device:
 ``"bf16"``) into the one used. ``"auto"`` on a CPU asks two questions: do the
 CPU flags (``/proc/cpuinfo``) name a native bf16 instruction set, and, if so,
 is a bf16 convolution step really faster here (:func:`bf16_speedup`, a
-micro-benchmark of about a second, run once per machine, torch version and
+short micro-benchmark, run once per machine, torch version and
 thread count and cached in ``~/.cache/mimlib/precision.json``, or
 ``$MIMLIB_CACHE``)? The environment variable ``MIMLIB_PRECISION=fp32|bf16``
 forces what ``"auto"`` means (for every run of a process tree, e.g. ``make test``);
@@ -32,13 +32,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from .atomic import write_atomic
 
 __all__ = ["PRECISIONS", "REQUESTS", "CpuInfo", "cpu_info", "native_bf16", "bf16_speedup",
            "resolve_precision", "describe", "torch_device"]
@@ -139,11 +140,7 @@ def bf16_speedup(refresh: bool = False) -> float:
     cache[key] = {"speedup": fp32 / bf16, "fp32_s": fp32, "bf16_s": bf16,
                   "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(cache, f, indent=1)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(cache, indent=1))
     except OSError:
         pass   # an unwritable cache only costs a re-measurement next time
     return fp32 / bf16

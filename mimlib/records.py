@@ -23,7 +23,6 @@ import io
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .atomic import write_atomic
 from .train import config_hash
 
 __all__ = ["FORMAT_VERSION", "RunRecord", "record_dir", "read_record", "write_record", "write_evaluation",
@@ -61,25 +61,6 @@ def record_dir(root: str | os.PathLike, study: str, name: str) -> Path:
     return Path(root) / study / name
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, allow_nan=True, default=_default) + "\n").encode()
 
@@ -90,6 +71,18 @@ def _default(o: Any):
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON-able: {type(o).__name__}")
+
+
+def _load_json(path: Path, remedy: str) -> dict[str, Any]:
+    """A record file's JSON, checked for this format version; :class:`RecordError` naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RecordError(f"{path} is damaged ({e}); {remedy}") from e
+    if data.get("format_version") != FORMAT_VERSION:
+        raise RecordError(f"{path} has format version {data.get('format_version')!r}, this mimlib reads "
+                          f"{FORMAT_VERSION}; {remedy}")
+    return data
 
 
 def _machine() -> dict[str, Any]:
@@ -105,16 +98,16 @@ def write_record(root: str | os.PathLike, record: RunRecord) -> Path:
     d = record_dir(root, record.study, record.name)
     buf = io.StringIO()
     record.history.to_csv(buf, index=False)
-    _atomic_bytes(d / "history.csv", buf.getvalue().encode())
+    write_atomic(d / "history.csv", buf.getvalue().encode())
     if record.arrays:
         b = io.BytesIO()
         np.savez_compressed(b, **record.arrays)
-        _atomic_bytes(d / "arrays.npz", b.getvalue())
+        write_atomic(d / "arrays.npz", b.getvalue())
     meta = {"format_version": FORMAT_VERSION, "study": record.study, "name": record.name,
             "config": record.config, "info": {**_machine(), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
                                               **record.info},
             "arrays": sorted(record.arrays)}
-    _atomic_bytes(d / "record.json", _json(meta))
+    write_atomic(d / "record.json", _json(meta))
     return d
 
 
@@ -128,13 +121,7 @@ def read_record(root: str | os.PathLike | None, study: str, name: str,
     meta_path = d / "record.json"
     if not meta_path.exists():
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
-        raise RecordError(f"{meta_path} is damaged ({e}); delete the folder {d} to train the run again") from e
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise RecordError(f"{meta_path} has format version {meta.get('format_version')!r}, this mimlib reads "
-                          f"{FORMAT_VERSION}; regenerate it (delete {d}) or use the matching mimlib")
+    meta = _load_json(meta_path, f"delete the folder {d} to train the run again (or use the matching mimlib)")
     if config is not None and json.loads(json.dumps(config, default=_default)) != meta["config"]:
         raise RecordError(f"{meta_path} was written for another configuration:\n  stored:  {meta['config']}\n"
                           f"  current: {config}")
@@ -157,7 +144,7 @@ def write_evaluation(root: str | os.PathLike, study: str, name: str, eval_config
                      rows: pd.DataFrame) -> Path:
     """Store the results ``rows`` of one evaluation setting beside the record ``study/name``."""
     path = _eval_path(root, study, name, eval_config)
-    _atomic_bytes(path, _json({"format_version": FORMAT_VERSION, "eval_config": eval_config,
+    write_atomic(path, _json({"format_version": FORMAT_VERSION, "eval_config": eval_config,
                                "rows": rows.to_dict("records")}))
     return path
 
@@ -170,10 +157,4 @@ def read_evaluation(root: str | os.PathLike | None, study: str, name: str,
     path = _eval_path(root, study, name, eval_config)
     if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RecordError(f"{path} is damaged ({e}); delete it to evaluate again") from e
-    if data.get("format_version") != FORMAT_VERSION:
-        raise RecordError(f"{path} has format version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
-    return pd.DataFrame(data["rows"])
+    return pd.DataFrame(_load_json(path, "delete it to evaluate again")["rows"])
