@@ -94,7 +94,7 @@ def _locked(lock_path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def print_run_settings(preset: str, cfg, skip: tuple[str, ...] = (), train_images: int | None = None) -> None:
+def print_run_settings(preset: str, cfg, skip: tuple[str, ...] = (), train_images: int | str | None = None) -> None:
     """Print which preset produced a page's outputs (and what that means), then every setting of
     ``cfg`` (a dataclass) except ``skip``. ``train_images``: the smoke preset's training-set size."""
     import dataclasses
@@ -105,6 +105,8 @@ def print_run_settings(preset: str, cfg, skip: tuple[str, ...] = (), train_image
         "book": "BOOK PRESET: the outputs on this page come from the book schedule (see 'Training schedule'), "
                 "far shorter than the paper's; compare with the paper only with that in mind.",
         "paper": "PAPER PRESET: the outputs on this page come from appendix D.2's settings.",
+        "screen": "SCREEN PRESET: the outputs on this page come from short screening runs of one equal budget "
+                  "(see 'The screening budget'); they compare choices early in training, not final models.",
     }.get(preset, f"CUSTOM PRESET {preset!r}")
     print(f"preset: {preset}\n{banner}\n")
     for f in dataclasses.fields(cfg):

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -64,7 +65,7 @@ from .nets.hvae import ConvHVAE
 from .nets.pixelhvae import PixelHVAE
 from .objectives import MIMOptions, get_objective
 from .atomic import write_atomic
-from .precision import REQUESTS, resolve_precision, torch_device
+from .precision import REQUESTS, machine_label, resolve_precision, torch_device
 from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
 from .train import FitConfig, FitResult, config_hash, fit
 
@@ -287,6 +288,10 @@ def build_model(cfg: ImageStudyConfig, data: I.BinarizedImages | None = None) ->
     if cfg.prior == "vampprior" and cfg.pseudo_init == "data":
         if data is None:
             raise ValueError("pseudo_init='data' needs the training images")
+        if data.n_train < cfg.n_pseudo:
+            raise ValueError(f"pseudo_init='data' starts the {cfg.n_pseudo} pseudo-inputs from as many distinct "
+                             f"training images, but only {data.n_train} are in use (n_train_subset): lower "
+                             f"n_pseudo or raise n_train_subset")
         g = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randperm(data.n_train, generator=g)[:cfg.n_pseudo]
         pseudo = I.to_intensity(data.train_u8[idx])
@@ -616,6 +621,7 @@ def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConf
         "seconds": float(result.seconds) if result is not None else math.nan,
         "eval_seconds": time.perf_counter() - t0,
         "precision": _trained_precision(result, train_prec), "eval_precision": eval_prec,
+        "machine": machine_label(device),
         "steps_per_epoch": cfg.steps_per_epoch if cfg.steps_per_epoch is not None else data.num_batches(),
         "warmup_epochs": cfg.warmup_epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
         "run": run_name(cfg),
@@ -726,12 +732,12 @@ def _from_record(run: ImageStudyConfig, records_dir) -> tuple[RunRecord | None, 
 
 
 def _record_run(run: ImageStudyConfig, runs_dir, records_dir, data: I.BinarizedImages, progress,
-                arrays: Callable | None, rec: RunRecord | None) -> dict[str, Any]:
+                arrays: Callable | None, rec: RunRecord | None, log: bool = False) -> dict[str, Any]:
     """One run of :func:`run_study` that its records do not cover: trained (or loaded from its run
     folder), evaluated and, with ``records_dir``, recorded (``rec``: its record without this
     evaluation, if any) and read back."""
     name = run_name(run)
-    model, res, run_data = train_model(run, runs_dir, data, progress)
+    model, res, run_data = train_model(run, runs_dir, data, progress, log=log)
     run_dir = run_dir_of(run, runs_dir) if runs_dir is not None else None
     row = evaluate_model(model, run_data, run, res, run_dir)
     h = res.history.copy()
@@ -755,8 +761,8 @@ def _record_run(run: ImageStudyConfig, runs_dir, records_dir, data: I.BinarizedI
 def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None, seeds=None,
               runs_dir: str | os.PathLike | None = None, progress: bool | None = None,
               data: dict[str, I.BinarizedImages] | None = None, records_dir: str | os.PathLike | None = None,
-              arrays: Callable[[ConvHVAE, I.BinarizedImages, ImageStudyConfig], dict] | None = figure_arrays
-              ) -> StudyResult:
+              arrays: Callable[[ConvHVAE, I.BinarizedImages, ImageStudyConfig], dict] | None = figure_arrays,
+              log: bool = False) -> StudyResult:
     """Train (or load) and evaluate every (dataset, prior, objective, seed); ``None`` keeps ``cfg``'s value.
 
     Each dataset is loaded once (or taken from ``data``, keyed by name). Evaluation rows are cached
@@ -764,6 +770,7 @@ def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None
     (:mod:`mimlib.records`: config, history, evaluation rows and the ``arrays(model, data, cfg)`` of its
     figures, by default :func:`figure_arrays`), and a run that has one is read from it, without weights
     or training (``StudyResult.models`` then lacks it; ``StudyResult.arrays`` has its figure arrays).
+    ``log`` prints a line per epoch (background runs).
     """
     t0 = time.perf_counter()
     datasets = list(datasets or [cfg.dataset])
@@ -782,7 +789,7 @@ def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None
                         if dataset not in loaded:   # loaded once, lazily: runs read from records need no data
                             loaded[dataset] = (_subset(data[dataset], base) if data and dataset in data
                                                else load_data(base))
-                        out = _record_run(run, runs_dir, records_dir, loaded[dataset], progress, arrays, rec)
+                        out = _record_run(run, runs_dir, records_dir, loaded[dataset], progress, arrays, rec, log)
                     key = (dataset, prior, objective, seed)
                     rows.append(out["row"])
                     hists.append(out["history"])
@@ -797,8 +804,8 @@ def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None
 # ----------------------------------------------------------------------------- command line
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Train (resuming if interrupted) and evaluate one run; prints and returns its row."""
+def parse_command_line(argv: list[str] | None = None) -> tuple[ImageStudyConfig, argparse.Namespace]:
+    """The run config and the parsed arguments of ``python -m mimlib.image_study`` (exits 2 on bad input)."""
     from . import presets
 
     ap = argparse.ArgumentParser(prog="python -m mimlib.image_study", description=main.__doc__)
@@ -815,6 +822,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--runs-dir", default="runs", help="folder of the run folders (the chapter uses ../runs "
                                                         "from book/, i.e. runs/ at the repository root)")
     ap.add_argument("--no-eval", action="store_true", help="train only")
+    ap.add_argument("--records-dir", default=None,
+                    help="also leave the run's record there (mimlib.records; e.g. book/results/records), with "
+                         "the figure arrays of chapter 07 (t-SNE of 1,000 test codes, 16 reconstructions and "
+                         "samples); a run already recorded there is read, not trained")
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
                     help="further overrides of the preset, VALUE parsed as JSON (e.g. max_epochs=2); may be "
                          "repeated, every one counts")
@@ -844,7 +855,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = presets.resolve(study, args.preset, **explicit, **overrides)
     except (TypeError, ValueError) as e:
         ap.error(str(e))
+    if args.records_dir is not None and args.no_eval:
+        ap.error("--records-dir records evaluated runs; drop --no-eval")
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Train (resuming if interrupted) and evaluate one run; prints and returns its row."""
+    cfg, args = parse_command_line(argv)
     print(f"{run_name(cfg)}: {json.dumps(asdict(cfg))}", flush=True)
+    if args.records_dir is not None:
+        out = run_study(cfg, runs_dir=args.runs_dir, records_dir=args.records_dir, log=True,
+                        arrays=functools.partial(figure_arrays, n_tsne=1_000, n_images=16))
+        row = out.results.iloc[0].to_dict()
+        print(json.dumps(row, indent=1, default=str), flush=True)
+        return row
     model, res, data = train_model(cfg, args.runs_dir, log=True)
     state = "loaded (finished earlier)" if res.loaded else (
         f"resumed after epoch {res.resumed_from + 1}" if res.resumed_from is not None else "trained")

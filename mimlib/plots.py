@@ -13,7 +13,8 @@ from matplotlib.patches import Ellipse
 
 from .data import mixture_log_density, sample_mixture
 
-__all__ = ["OBJECTIVE_COLORS", "OBJECTIVE_NAMES", "DATASET_NAMES", "plot_mixture_panels", "plot_metric_sweep"]
+__all__ = ["OBJECTIVE_COLORS", "OBJECTIVE_NAMES", "DATASET_NAMES", "plot_mixture_panels", "plot_metric_sweep",
+           "plot_variant_curves", "plot_tsne_panels"]
 
 OBJECTIVE_COLORS = {"mim": "tab:blue", "vae": "tab:red", "amim": "tab:green"}
 OBJECTIVE_NAMES = {"mim": "MIM", "vae": "VAE", "amim": "A-MIM"}
@@ -101,5 +102,49 @@ def plot_metric_sweep(results: pd.DataFrame, metrics: list[str], reference: pd.D
     if axes[0, 0].get_legend() is not None:
         axes[0, 0].get_legend().remove()
     fig.legend(h, l, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout()
+    return fig
+
+
+def plot_variant_curves(history: pd.DataFrame, metrics: dict[str, str], hue: str = "variant",
+                        hlines: dict[str, tuple[float, str]] | None = None, title: str | None = None):
+    """Chapter 07: each history column of ``metrics`` (column -> axis label) against the epoch, one
+    line per ``hue`` value; ``hlines[column] = (value, label)`` adds a dashed reference line."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.5 * len(metrics), 3.0), squeeze=False)
+    h = history.assign(epoch=history["epoch"] + 1)
+    for ax, (col, label) in zip(axes[0], metrics.items()):
+        sns.lineplot(data=h, x="epoch", y=col, hue=hue, style=hue, markers=True, dashes=False, ax=ax,
+                     legend=ax is axes[0, 0])
+        if hlines and col in hlines:
+            value, text = hlines[col]
+            ax.axhline(value, color="k", ls="--", lw=1)
+            ax.annotate(text, (0.02, value), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+        ax.set_ylabel(label)
+        ax.set_xlabel("epoch")
+    leg = axes[0, 0].get_legend()
+    if leg is not None:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        leg.remove()
+        fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02 - 0.06 * math.ceil(len(labels) / 2)))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tsne_panels(arrays: dict[str, dict[str, np.ndarray]], titles: dict[str, str] | None = None,
+                     ncols: int = 4):
+    """Chapter 07: one t-SNE picture per run (``arrays[label]["tsne"]``, coloured by ``tsne_labels``);
+    runs without a t-SNE array are skipped."""
+    labels = [k for k, a in arrays.items() if "tsne" in a]
+    nrows = max(1, math.ceil(len(labels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, k in zip(axes.flat, labels):
+        a = arrays[k]
+        ax.scatter(a["tsne"][:, 0], a["tsne"][:, 1], c=a["tsne_labels"], cmap="tab10", s=2, vmin=0, vmax=9)
+        ax.set_title((titles or {}).get(k, k), fontsize=8)
     fig.tight_layout()
     return fig

@@ -42,7 +42,7 @@ import torch
 from .atomic import write_atomic
 
 __all__ = ["PRECISIONS", "REQUESTS", "CpuInfo", "cpu_info", "native_bf16", "bf16_speedup",
-           "resolve_precision", "describe", "torch_device"]
+           "resolve_precision", "describe", "torch_device", "machine_label"]
 
 #: Compute precisions: name -> autocast dtype (None: plain float32).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
@@ -87,6 +87,15 @@ def cpu_info() -> CpuInfo:
             flags = frozenset(value.split())
     return CpuInfo(model=model, capability=torch.backends.cpu.get_cpu_capability(), flags=flags,
                    machine=platform.machine().lower())
+
+
+def machine_label(device: str | torch.device = "cpu") -> str:
+    """One line naming where a timing was taken: the GPU's name, or the CPU model, torch's vector
+    capability and the thread count (e.g. ``"AMD EPYC (AVX2), 1 thread(s)"``)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    info = cpu_info()
+    return f"{info.model} ({info.capability}), {torch.get_num_threads()} thread(s)"
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:

@@ -63,6 +63,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # pseudo-inputs from training images, AdamNormGrad, beta also on log p(z2), the decoder-sampled half
         # only once beta = 1 and with z from the model prior.
         "paper": dict(preset="paper", device="auto", **REFERENCE_IMAGES),
+        # Chapter 07's screening ablations: one equal, short budget for every factor, sized for a 2-core
+        # float32-only CPU (two single-thread jobs side by side): 5 epochs of 40 steps of 100 (200 steps,
+        # 20,000 images, 0.4 passes), weight beta = 1 from the 2nd epoch on, the last epoch kept (no
+        # early stopping: every factor is compared at the same step), evaluation on subsets (10,000
+        # training / 2,000 test images for the k-NN, NLL with 20 importance samples on 500 test images).
+        "screen": dict(preset="screen", steps_per_epoch=40, max_epochs=5, warmup_epochs=2, patience=5,
+                       selection="last", n_val_subset=500, precision="auto", channels_last=True,
+                       eval_precision="auto", curve_knn_train=2_000, curve_knn_val=500, n_knn_train=10_000,
+                       n_eval_test=2_000, nll_samples=20, n_nll_points=500, threads=1),
     },
     # Appendix E.2: PixelHVAE (VP), trained with the VAE objective and with A-MIM (chapter 06). The same
     # config class as "images" with model="pixelhvae" and the VampPrior.
@@ -98,6 +107,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # epochs, patience 50, warm-up 100 epochs, 5,000 importance samples on all 10k test images (reference:
         # float32; "auto" may take bf16 on a GPU). Meant for a GPU.
         "paper": dict(preset="paper", model="pixelhvae", prior="vampprior", device="auto", **REFERENCE_IMAGES),
+        # Chapter 07's screening ablations of A-MIM: the budget of images/screen.
+        "screen": dict(preset="screen", model="pixelhvae", prior="vampprior", steps_per_epoch=40, max_epochs=5,
+                       warmup_epochs=2, patience=5, selection="last", n_val_subset=500, precision="auto",
+                       channels_last=True, eval_precision="auto", curve_knn_train=2_000, curve_knn_val=500,
+                       n_knn_train=10_000, n_eval_test=2_000, nll_samples=20, n_nll_points=500, threads=1),
     },
 }
 

@@ -1,0 +1,189 @@
+"""Chapter 07's screening ablations: which configuration choice explains MIM's image failures.
+
+A *variant* is one image run named by what it changes against the ``screen`` preset
+(:mod:`mimlib.presets`): the model, the objective and the reference-code options of
+:class:`mimlib.image_study.ImageStudyConfig` (``pseudo_init``, ``mim_warmup``, ``mim_decoder_z``,
+``optimizer``, ...). :data:`SCREEN` lists the chapter's grid as data; :func:`run_variants`
+trains (or reads from the run records) and evaluates each one with :func:`image_study.run_study`,
+so a variant trained in the background with the command line of :func:`command` is the same run,
+found by the hash of its settings.
+
+Two readouts that the results rows do not hold are derived here from a run's history:
+the *rate* E[log q(z|x) - log p(z)] of the encoder-sampled batches (:func:`rate`), and the ceiling
+of E log p(z) under the encoder's log-variance clip (:func:`log_prior_ceiling`), which a collapsing
+MIM run approaches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from . import image_study, presets
+from .nets.hvae import LOGVAR_MIN
+
+__all__ = ["Variant", "FACTORS", "SCREEN", "config_of", "command", "run_variants", "effects", "rate", "log_prior",
+           "log_prior_ceiling"]
+
+#: The options a variant may change, with their book (``screen`` preset) defaults.
+FACTORS: dict[str, str] = {"pseudo_init": "normal", "mim_warmup": "rescale", "mim_decoder_z": "anchor",
+                           "mim_decoder_start": "always", "optimizer": "adam", "mim_score_cost": "full"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One screening run: ``model`` / ``objective`` with ``changes`` to :data:`FACTORS` (VampPrior, MNIST)."""
+
+    model: str
+    objective: str
+    changes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.changes) - set(FACTORS))
+        if unknown:
+            raise ValueError(f"a variant changes only {sorted(FACTORS)}; got {unknown}")
+        if self.model not in image_study.MODELS:
+            raise ValueError(f"model must be one of {list(image_study.MODELS)}, got {self.model!r}")
+
+    @property
+    def label(self) -> str:
+        """e.g. ``"MIM pseudo_init=data mim_decoder_z=prior"`` (only what differs from the defaults)."""
+        diff = [f"{k}={v}" for k, v in self.settings.items() if v != FACTORS[k]]
+        return " ".join([self.objective.upper().replace("AMIM", "A-MIM"), *diff]) or self.objective
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """Every factor's value in this variant."""
+        return {**FACTORS, **self.changes}
+
+
+def _grid(model: str, objective: str, **levels: tuple[str, ...]) -> list[Variant]:
+    """Every combination of ``levels`` (first level of each = the book's choice)."""
+    out = [{}]
+    for name, values in levels.items():
+        out = [{**o, name: v} for o in out for v in values]
+    return [Variant(model, objective, {k: v for k, v in o.items() if v != FACTORS[k]}) for o in out]
+
+
+#: Chapter 07's screening grid (issue: "the two failures"), in the order the background jobs ran:
+#: PixelHVAE (VP) A-MIM: pseudo-input init x warm-up placement; convHVAE (VP) MIM: pseudo-input init x
+#: the decoder-sampled half's z; convHVAE (VP) VAE under each init as the control.
+SCREEN: list[Variant] = [
+    *_grid("pixelhvae", "amim", pseudo_init=("normal", "data"), mim_warmup=("rescale", "reference")),
+    *_grid("convhvae", "mim", pseudo_init=("normal", "data"), mim_decoder_z=("anchor", "prior")),
+    *_grid("convhvae", "vae", pseudo_init=("normal", "data")),
+]
+
+
+def config_of(variant: Variant, preset: str = "screen", **overrides: Any) -> image_study.ImageStudyConfig:
+    """The run config of ``variant`` under ``preset`` (MNIST, VampPrior), ``overrides`` on top."""
+    study = "images" if variant.model == "convhvae" else variant.model
+    base = dict(dataset="mnist", prior="vampprior", objective=variant.objective)
+    return presets.resolve(study, preset, **{**base, **variant.changes, **overrides})
+
+
+def command(variant: Variant, preset: str = "screen", records_dir: str = "book/results/records") -> str:
+    """The background command line (from the repository root) that trains and records ``variant``."""
+    model = f"--model {variant.model}" if variant.model != "convhvae" else "--prior vampprior"
+    sets = " ".join(f"{k}={v}" for k, v in variant.changes.items())
+    return (f"python -m mimlib.image_study --preset {preset} --dataset mnist {model} --objective "
+            f"{variant.objective} --records-dir {records_dir}" + (f" --set {sets}" if sets else ""))
+
+
+def run_variants(variants: list[Variant], preset: str = "screen", seeds: tuple[int, ...] = (0,), records_dir=None,
+                 runs_dir=None, progress: bool | None = None, n_tsne: int = 1_000,
+                 **overrides: Any) -> image_study.StudyResult:
+    """Train (or read from ``records_dir``) and evaluate every variant under every seed; rows and
+    histories gain the columns ``variant`` (its label) and one per factor. Arrays and models are
+    keyed by the label (first seed only); a newly recorded run stores a t-SNE of ``n_tsne`` test codes."""
+    if not variants:
+        raise ValueError("run_variants needs at least one variant")
+    rows, hists, arrays, models, data = [], [], {}, {}, {}
+    wall = train = 0.0
+    for v in variants:
+        cfg = config_of(v, preset, **overrides)
+        res = image_study.run_study(cfg, seeds=list(seeds), runs_dir=runs_dir, records_dir=records_dir,
+                                    progress=progress,
+                                    arrays=lambda m, d, c: image_study.figure_arrays(m, d, c, n_tsne=n_tsne))
+        for df, out in ((res.results, rows), (res.history, hists)):
+            df = df.copy()
+            df.insert(0, "variant", v.label)
+            for k, val in v.settings.items():
+                df[k] = val
+            df["model"] = v.model
+            out.append(df)
+        first = ("mnist", "vampprior", v.objective, seeds[0])
+        if first in res.arrays:
+            arrays[v.label] = res.arrays[first]
+        if first in res.models:
+            models[v.label] = res.models[first]
+        data.update(res.data)
+        wall += res.wall_seconds
+        train += res.train_seconds
+    return image_study.StudyResult(pd.concat(rows, ignore_index=True), pd.concat(hists, ignore_index=True),
+                                   models, data, wall, train, arrays)
+
+
+def effects(results: pd.DataFrame, factor: str, metrics: list[str], within: list[str]) -> pd.DataFrame:
+    """The change of each metric when ``factor`` moves from its book level to the other level, at each
+    combination of the ``within`` columns (the other factors, the objective, the model), mean over
+    seeds: one row per combination, columns ``metric`` (level b - level a)."""
+    base = FACTORS[factor]
+    present = set(results[factor])
+    levels = sorted(present - {base})
+    if base not in present or len(levels) != 1:
+        raise ValueError(f"{factor} must take its book level {base!r} and one other; got {sorted(set(results[factor]))}")
+    mean = results.groupby([*within, factor])[metrics].mean()
+    out = mean.xs(levels[0], level=factor) - mean.xs(base, level=factor)
+    return out.dropna(how="all").rename(columns={m: f"{m} ({levels[0]} - {base})" for m in metrics})
+
+
+def _term(history: pd.DataFrame, name: str) -> pd.Series:
+    """A logged term of the encoder-sampled batches: ``enc/<name>`` (MIM, A-MIM) or ``<name>`` (VAE),
+    row by row (a history of several objectives has both columns, each NaN where the other is set)."""
+    cols = [c for c in (f"enc/{name}", name) if c in history]
+    if not cols:
+        raise KeyError(f"the history has no {name!r} column")
+    out = history[cols[0]]
+    for c in cols[1:]:
+        out = out.fillna(history[c])
+    return out
+
+
+def log_prior(history: pd.DataFrame) -> pd.Series:
+    """Per epoch: the mean log p(z) of that epoch's encoder-sampled training codes (nats)."""
+    return _term(history, "log p(z)")
+
+
+def rate(history: pd.DataFrame) -> pd.Series:
+    """Per epoch: the mean of log q(z|x) - log p(z) over that epoch's encoder-sampled training batches
+    (nats; the history's ``log q(z|x)`` / ``log p(z)`` columns, ``enc/``-prefixed for MIM and A-MIM)."""
+    return _term(history, "log q(z|x)") - _term(history, "log p(z)")
+
+
+def log_prior_ceiling(dim: int = 80, logvar_min: float = LOGVAR_MIN) -> float:
+    r"""E_q log p(z) of an encoder whose q(z|x) coincides with a prior component at the log-variance
+    clip ``logvar_min``: -D/2 (log 2 pi + lv + 1) (126.5 nats for D = 80, lv = -6).
+
+    Every Gaussian here (q(z|x), p(z1|z2), the VampPrior's components q(z2|u_k)) has its
+    log-variances clipped at ``logvar_min``; for one Gaussian prior, E_q log p(z) is at most this
+    value (the maximum over the prior's mean and variance of E_q log N(z; mu, sigma^2) for
+    q = N(m, s^2) is -1/2 (log 2 pi + 1 + log s^2) per dimension, and s^2 >= e^{lv}). For a mixture
+    it is the value reached when the codes sit on one component at the clip: the collapse this
+    chapter looks for. (The peak density, -D/2 (log 2 pi + lv), bounds log p(z) pointwise.)"""
+    return -dim / 2 * (math.log(2 * math.pi) + logvar_min + 1)
+
+
+def _check_names() -> None:
+    """Every factor is a field of the image config (fails at import if a name drifts)."""
+    names = {f.name for f in dataclasses.fields(image_study.ImageStudyConfig)}
+    missing = sorted(set(FACTORS) - names)
+    if missing:
+        raise ImportError(f"mimlib.ablations.FACTORS names unknown config fields {missing}")
+
+
+_check_names()

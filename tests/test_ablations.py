@@ -1,0 +1,108 @@
+"""Chapter 07's screen (mimlib.ablations): variants, their commands, readouts and records."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from mimlib import ablations as A
+from mimlib import image_study as S
+from mimlib.nets.hvae import LOGVAR_MIN
+
+
+def test_screen_variants_are_distinct_runs_and_their_commands_give_the_same_configs():
+    labels = [v.label for v in A.SCREEN]
+    assert len(set(labels)) == len(labels) == 10
+    names = set()
+    for v in A.SCREEN:
+        cfg = A.config_of(v)
+        assert (cfg.dataset, cfg.prior, cfg.model, cfg.objective) == ("mnist", "vampprior", v.model, v.objective)
+        for k, val in v.settings.items():
+            assert getattr(cfg, k) == val
+        parsed, _ = S.parse_command_line(A.command(v).split()[3:])   # after "python -m mimlib.image_study"
+        assert parsed == cfg and S.run_name(parsed) == S.run_name(cfg)
+        names.add(S.run_name(cfg))
+    assert len(names) == len(A.SCREEN)   # every factor is part of the run's identity
+
+
+def test_variant_rejects_unknown_factors_and_models():
+    with pytest.raises(ValueError, match="changes only"):
+        A.Variant("convhvae", "mim", {"lr": "1"})
+    with pytest.raises(ValueError, match="model must be"):
+        A.Variant("vit", "mim")
+    with pytest.raises(ValueError, match="at least one"):
+        A.run_variants([])
+
+
+def test_records_dir_with_no_eval_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        S.parse_command_line(["--dataset", "mnist", "--prior", "vampprior", "--objective", "mim",
+                              "--records-dir", "x", "--no-eval"])
+    assert e.value.code == 2 and "drop --no-eval" in capsys.readouterr().err
+
+
+def test_rate_and_log_prior_read_both_kinds_of_history():
+    h = pd.DataFrame({"variant": ["MIM", "VAE"], "enc/log q(z|x)": [10.0, np.nan], "enc/log p(z)": [4.0, np.nan],
+                      "log q(z|x)": [np.nan, 7.0], "log p(z)": [np.nan, -3.0]})
+    assert A.rate(h).tolist() == [6.0, 10.0]
+    assert A.log_prior(h).tolist() == [4.0, -3.0]
+    assert A.rate(h[["log q(z|x)", "log p(z)"]].iloc[1:]).tolist() == [10.0]
+    with pytest.raises(KeyError, match="log q"):
+        A.rate(pd.DataFrame({"x": [1.0]}))
+
+
+def test_effects_are_differences_at_each_level_of_the_other_factor():
+    rows = [dict(pseudo_init=p, mim_decoder_z=z, seed=s, knn5=base + dp + dz + 0.01 * s)
+            for p, dp in (("normal", 0.0), ("data", 0.2)) for z, dz in (("anchor", 0.0), ("prior", -0.1))
+            for s in (0, 1) for base in [0.5]]
+    df = pd.DataFrame(rows)
+    e = A.effects(df, "pseudo_init", ["knn5"], within=["mim_decoder_z"])
+    np.testing.assert_allclose(e["knn5 (data - normal)"].to_numpy(), [0.2, 0.2])
+    e = A.effects(df, "mim_decoder_z", ["knn5"], within=["pseudo_init"])
+    np.testing.assert_allclose(e["knn5 (prior - anchor)"].to_numpy(), [-0.1, -0.1])
+    with pytest.raises(ValueError, match="book level"):
+        A.effects(df[df.pseudo_init == "data"], "pseudo_init", ["knn5"], within=["mim_decoder_z"])
+
+
+def test_log_prior_ceiling_is_minus_the_entropy_at_the_clip():
+    """E_q log N(z; mu, s^2) with q = N(mu, s^2) is minus q's entropy; at the clip that is the ceiling."""
+    q = torch.distributions.Normal(torch.zeros(80), torch.full((80,), math.exp(0.5 * LOGVAR_MIN)))
+    assert A.log_prior_ceiling() == pytest.approx(-float(q.entropy().sum()), rel=1e-6)
+    assert A.log_prior_ceiling() == pytest.approx(126.485, abs=1e-3)
+    # and no Gaussian prior does better for that q: any other variance or mean lowers E_q log p
+    z = q.sample((20_000,))
+    for scale in (0.5, 2.0):
+        p = torch.distributions.Normal(torch.zeros(80), q.scale * scale)
+        assert float(p.log_prob(z).sum(-1).mean()) < A.log_prior_ceiling()
+
+
+def test_data_init_needs_as_many_training_images_as_pseudo_inputs(mnist):
+    cfg = A.config_of(A.Variant("convhvae", "vae", {"pseudo_init": "data"}), "smoke", n_train_subset=50)
+    with pytest.raises(ValueError, match="lower n_pseudo or raise n_train_subset"):
+        S.build_model(cfg, S._subset(mnist, cfg))
+
+
+def test_run_variants_records_then_reads_without_training(mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIMLIB_DATA", str(SHARED_DATA))
+    tiny = dict(n_pseudo=10, n_train_subset=100, n_val_subset=50, batch_size=25, max_epochs=2, steps_per_epoch=1,
+                curve_knn_train=60, curve_knn_val=30, n_knn_train=60, n_eval_test=40, nll_samples=2,
+                n_nll_points=10, au_samples=2, eval_batch=50)
+    vs = [A.Variant("convhvae", "vae"), A.Variant("convhvae", "mim", {"pseudo_init": "data"})]
+    first = A.run_variants(vs, "smoke", records_dir=tmp_path / "rec", runs_dir=tmp_path / "runs", n_tsne=30, **tiny)
+    assert list(first.results.variant) == [v.label for v in vs] and set(first.models) == {v.label for v in vs}
+    assert (first.results.pseudo_init == ["normal", "data"]).all()
+    assert set(first.history.variant) == {v.label for v in vs} and len(first.history) == 4
+    assert first.arrays[vs[1].label]["tsne"].shape == (30, 2)
+    assert np.isfinite(A.rate(first.history)).all()
+    shutil.rmtree(tmp_path / "runs")
+    monkeypatch.setattr(S, "train_model", lambda *a, **k: pytest.fail("trained although recorded"))
+    again = A.run_variants(vs, "smoke", records_dir=tmp_path / "rec", runs_dir=tmp_path / "runs", n_tsne=30, **tiny)
+    assert again.models == {}
+    cols = [c for c in first.results.columns if c != "preset"]
+    pd.testing.assert_frame_equal(again.results[cols], first.results[cols])
