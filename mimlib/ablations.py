@@ -25,8 +25,9 @@ import pandas as pd
 
 from . import image_study, presets
 from .nets.hvae import LOGVAR_MIN
+from .records import read_evaluation, read_record
 
-__all__ = ["Variant", "FACTORS", "SCREEN", "config_of", "command", "run_variants", "effects", "rate", "log_prior",
+__all__ = ["Variant", "FACTORS", "SCREEN", "config_of", "command", "run_variants", "recorded", "contrasts", "effects", "rate", "log_prior",
            "log_prior_ceiling"]
 
 #: The options a variant may change, with their book (``screen`` preset) defaults.
@@ -126,6 +127,46 @@ def run_variants(variants: list[Variant], preset: str = "screen", seeds: tuple[i
         train += res.train_seconds
     return image_study.StudyResult(pd.concat(rows, ignore_index=True), pd.concat(hists, ignore_index=True),
                                    models, data, wall, train, arrays)
+
+
+def recorded(variants: list[Variant], records_dir, preset: str = "screen", **overrides: Any
+             ) -> tuple[list[Variant], list[Variant]]:
+    """(variants whose run record, with its evaluation, is in ``records_dir``; the others)."""
+    have, missing = [], []
+    for v in variants:
+        cfg = config_of(v, preset, **overrides)
+        rec = read_record(records_dir, image_study.STUDY, image_study.run_name(cfg), cfg.run_key())
+        ok = rec is not None and read_evaluation(records_dir, image_study.STUDY, image_study.run_name(cfg),
+                                                 cfg.eval_key()) is not None
+        (have if ok else missing).append(v)
+    return have, missing
+
+
+def contrasts(results: pd.DataFrame, factors: tuple[str, ...], metrics: list[str]
+              ) -> list[tuple[str, pd.DataFrame]]:
+    """What the runs of one model and objective (``results``) say about ``factors``, as titled tables.
+
+    With every cell of the factorial run: each factor's :func:`effects` at each level of the others.
+    Otherwise: each run cell minus the cell at the book's levels of all factors (a *joint* effect
+    where several factors differ: it does not say which of them acts)."""
+    cells = results.groupby(list(factors))[metrics].mean()
+    cells.index = pd.MultiIndex.from_tuples([c if isinstance(c, tuple) else (c,) for c in cells.index],
+                                            names=list(factors))
+    book = tuple(FACTORS[f] for f in factors)
+    if len(cells) == 2 ** len(factors):
+        return [(f"{f}: {FACTORS[f]} -> the other level, at each level of the other factors",
+                 effects(results, f, metrics, within=[g for g in factors if g != f] or ["objective"]))
+                for f in factors]
+    if book not in cells.index:
+        return []
+    out = []
+    for c in cells.index:
+        if c != book:
+            changed = {f: v for f, v in zip(factors, c) if v != FACTORS[f]}
+            diff = (cells.loc[[c]].reset_index(drop=True) - cells.loc[[book]].reset_index(drop=True))
+            out.append((f"{changed} minus the book's levels" + (" (joint effect)" if len(changed) > 1 else ""),
+                        diff.rename(columns=lambda m: f"{m} (diff)")))
+    return out
 
 
 def effects(results: pd.DataFrame, factor: str, metrics: list[str], within: list[str]) -> pd.DataFrame:

@@ -106,3 +106,22 @@ def test_run_variants_records_then_reads_without_training(mnist, tmp_path, monke
     assert again.models == {}
     cols = [c for c in first.results.columns if c != "preset"]
     pd.testing.assert_frame_equal(again.results[cols], first.results[cols])
+
+
+def test_contrasts_give_effects_for_a_full_factorial_and_joint_differences_otherwise():
+    full = pd.DataFrame([dict(pseudo_init=p, mim_warmup=w, knn5=0.1 + 0.5 * (p == "data") + 0.2 * (w == "reference"))
+                         for p in ("normal", "data") for w in ("rescale", "reference")])
+    titles = [t for t, _ in A.contrasts(full, ("pseudo_init", "mim_warmup"), ["knn5"])]
+    assert len(titles) == 2 and titles[0].startswith("pseudo_init") and titles[1].startswith("mim_warmup")
+    (_, e1), (_, e2) = A.contrasts(full, ("pseudo_init", "mim_warmup"), ["knn5"])
+    np.testing.assert_allclose(e1.to_numpy().ravel(), [0.5, 0.5])
+    np.testing.assert_allclose(e2.to_numpy().ravel(), [0.2, 0.2])
+    corners = full[(full.pseudo_init == "data") == (full.mim_warmup == "reference")]
+    [(title, d)] = A.contrasts(corners, ("pseudo_init", "mim_warmup"), ["knn5"])
+    assert "joint effect" in title and d.iloc[0, 0] == pytest.approx(0.7)
+    assert A.contrasts(full[full.pseudo_init == "data"], ("pseudo_init", "mim_warmup"), ["knn5"]) == []
+
+
+def test_recorded_splits_variants_by_their_records(tmp_path):
+    have, missing = A.recorded(A.SCREEN, tmp_path)
+    assert have == [] and missing == A.SCREEN
