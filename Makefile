@@ -16,11 +16,12 @@ CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.py))
 THEORY := $(filter book/01_% book/02_% book/03_%,$(CHAPTERS))
 EXPERIMENTS := $(filter-out $(THEORY),$(CHAPTERS))
 
-.PHONY: help venv book test unit smoke nbval book-strict notebooks runs-images runs-pixelhvae clean
+.PHONY: help venv book test unit smoke nbval book-strict browser-check notebooks runs-images runs-pixelhvae clean
 
 help:
 	@echo "make book   - render the book from the committed notebooks into _build/html"
-	@echo "make test   - unit tests, every chapter via papermill (smoke preset), nbval, strict book build"
+	@echo "make test   - unit tests, every chapter via papermill (smoke preset), nbval, strict book build, browser check"
+	@echo "make browser-check - open every built page in headless Chromium (math typeset, images, links)"
 	@echo "make notebooks - re-execute every chapter with its committed (book) preset (long)"
 	@echo "make runs-images DATASET=mnist    - the book runs of chapter 05 for one dataset, JOBS=2 at a time (hours)"
 	@echo "make runs-pixelhvae DATASET=mnist - the book runs of chapter 06 for one dataset (hours)"
@@ -39,7 +40,7 @@ book: venv
 	$(BIN)/jupyter-book build . --builder html
 	@echo "Open _build/html/index.html"
 
-test: unit smoke nbval book-strict
+test: unit smoke nbval book-strict browser-check
 
 unit: venv
 	$(BIN)/pytest tests -q
@@ -67,6 +68,12 @@ nbval: venv smoke
 book-strict: venv
 	$(BIN)/jupyter-book build . --builder html -W -n --keep-going --all
 
+# The built pages of the toc as a reader sees them: headless Chromium, after MathJax (no raw TeX, no
+# MathJax errors, no formula wider than its column, every image, script and internal link present).
+# Run after a book build; prints "skipped" and passes where no Chromium is installed.
+browser-check: venv
+	$(PY) tests/browser/check_pages.py _build/html
+
 # Re-run every chapter with its book preset and write the executed notebook back (long; see README).
 # Only chapters that have a committed notebook (drafts without one are run by `make smoke` alone).
 notebooks: venv
@@ -76,22 +83,21 @@ notebooks: venv
 	  (cd book && ../$(BIN)/jupyter execute --inplace --timeout=-1 $$(basename $${py%.py}).ipynb) || exit 1; \
 	done
 
-# The book runs of the image chapters for one DATASET (mnist or fashion-mnist), JOBS at a time with one
-# torch thread each, longest first; resumable: re-running continues unfinished runs and loads finished ones.
+# The book runs of the image chapters for one DATASET (mnist or fashion-mnist) through mimlib.sweep: JOBS
+# worker processes with one torch thread each, longest first; resumable: re-running continues unfinished
+# runs and loads finished ones.
 DATASET ?= mnist
 JOBS ?= 2
 RUNS_DIR ?= runs
-RUN_IMAGE := MIMLIB_PROGRESS=0 xargs -P $(JOBS) -L 1 $(PY) -m mimlib.image_study --preset book --threads 1 \
-	--runs-dir $(RUNS_DIR) --dataset $(DATASET)
+SWEEP := MIMLIB_PROGRESS=0 $(PY) -m mimlib.sweep --preset book --workers $(JOBS) --runs-dir $(RUNS_DIR)
 
 runs-images: venv
 	@mkdir -p $(RUNS_DIR)
-	printf '%s\n' "--prior vampprior --objective mim" "--prior standard --objective mim" \
-	  "--prior vampprior --objective vae" "--prior standard --objective vae" | $(RUN_IMAGE)
+	$(SWEEP) --study images --grid "dataset=[$(DATASET)] prior=[vampprior,standard] objective=[mim,vae]"
 
 runs-pixelhvae: venv
 	@mkdir -p $(RUNS_DIR)
-	printf '%s\n' "--model pixelhvae --objective vae" "--model pixelhvae --objective amim" | $(RUN_IMAGE)
+	$(SWEEP) --study pixelhvae --grid "dataset=[$(DATASET)] objective=[vae,amim]"
 
 clean:
 	rm -rf _build

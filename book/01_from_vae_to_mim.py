@@ -33,10 +33,10 @@
 # `mimlib.discrete`; the property-based tests in `tests/test_discrete.py` repeat each check
 # on thousands of random and near-degenerate tables.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 preset = "book"
 
-# %%
+# %% tags=["hide-input"]
 import inspect
 
 import numpy as np
@@ -170,9 +170,9 @@ for f in (d.entropy, d.cross_entropy, d.kl, d.anchored_encoding, d.anchored_deco
 # :::
 #
 # :::{prf:proof}
-# Write the divergence as an expectation under $A_q$:
-# $D_{\mathrm{KL}}(A_q \,\|\, A_p) = \mathbb{E}_{A_q}\big[\log q(z|x) + \log P(x) - \log p(x|z) -
-# \log P(z)\big]$. The three terms other than $\log P(x)$ are, with the sign flipped,
+# Write the divergence as an expectation under $A_q$: $D_{\mathrm{KL}}(A_q \,\|\, A_p)$ is the
+# $A_q$-average of $\log q(z|x) + \log P(x) - \log p(x|z) - \log P(z)$. The three terms other
+# than $\log P(x)$ are, with the sign flipped,
 # $\mathbb{E}_{P(x)} \mathrm{ELBO}(x)$, so they add up to $L_{\mathrm{VAE}}$. The remaining
 # term is $\mathbb{E}_{A_q} \log P(x) = \mathbb{E}_{P(x)} \log P(x) = -H(P(x))$, because it
 # does not depend on $z$. Hence $D_{\mathrm{KL}}(A_q \,\|\, A_p) = L_{\mathrm{VAE}} - H(P(x))$.

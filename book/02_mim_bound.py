@@ -37,10 +37,10 @@
 # the anchored joints, $\mathcal{M}_S$ their average; $q(x, z) = q(z|x) q(x)$ and
 # $p(x, z) = p(x|z) p(z)$ are the model joints, $\mathcal{M}_\theta$ their average.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 preset = "book"
 
-# %%
+# %% tags=["hide-input"]
 import inspect
 
 import numpy as np
@@ -120,9 +120,11 @@ print("  R_MIM =", round(d.r_mim(swapped), 6))
 # The MIM loss (paper Eq. 7) moves the average outside the logarithm,
 #
 # $$
-# L_{\mathrm{MIM}} \equiv \tfrac12 \Big( H\big(\mathcal{M}_S, q(x, z)\big)
-# + H\big(\mathcal{M}_S, p(x, z)\big) \Big)
-# = -\mathbb{E}_{\mathcal{M}_S} \tfrac12 \big(\log q(x, z) + \log p(x, z)\big).
+# \begin{aligned}
+# L_{\mathrm{MIM}} &\equiv \tfrac12 \Big( H\big(\mathcal{M}_S, q(x, z)\big)
+# + H\big(\mathcal{M}_S, p(x, z)\big) \Big) \\
+# &= -\mathbb{E}_{\mathcal{M}_S} \tfrac12 \big(\log q(x, z) + \log p(x, z)\big).
+# \end{aligned}
 # $$ (eq-ch2-lmim)
 #
 # Its integrand is a sum of logs of the model's own factors, so a sample of $\mathcal{M}_S$
@@ -142,9 +144,11 @@ print("  R_MIM =", round(d.r_mim(swapped), 6))
 # $L_{\mathrm{MIM}} = L_{\mathrm{CE}} + R_{\mathrm{MIM}}$ with
 #
 # $$
-# R_{\mathrm{MIM}} = \tfrac12 \Big(D_{\mathrm{KL}}\big(\mathcal{M}_S \,\|\, p(x, z)\big)
-# + D_{\mathrm{KL}}\big(\mathcal{M}_S \,\|\, q(x, z)\big)\Big)
-# - D_{\mathrm{KL}}(\mathcal{M}_S \,\|\, \mathcal{M}_\theta) \;\ge\; 0,
+# \begin{aligned}
+# R_{\mathrm{MIM}} &= \tfrac12 \Big(D_{\mathrm{KL}}\big(\mathcal{M}_S \,\|\, p(x, z)\big)
+# + D_{\mathrm{KL}}\big(\mathcal{M}_S \,\|\, q(x, z)\big)\Big) \\
+# &\quad {}- D_{\mathrm{KL}}(\mathcal{M}_S \,\|\, \mathcal{M}_\theta) \;\ge\; 0,
+# \end{aligned}
 # $$ (eq-ch2-rmim-kl)
 #
 # and $R_{\mathrm{MIM}} = 0$ if and only if $q(x, z) = p(x, z)$ at every $(x, z)$ with
@@ -251,8 +255,8 @@ print("  R_MIM == 0:", abs(d.r_mim(block)) < 1e-12)
 # L_{\mathrm{MIM}} = R_H
 # &+ \tfrac14 \Big(D_{\mathrm{KL}}\big(P(z) \,\|\, p(z)\big)
 #   + D_{\mathrm{KL}}\big(P(x) \,\|\, q(x)\big)\Big) \\
-# &+ \tfrac14 \Big(D_{\mathrm{KL}}\big(q(z|x) P(x) \,\|\, p(x, z)\big)
-#   + D_{\mathrm{KL}}\big(p(x|z) P(z) \,\|\, q(x, z)\big)\Big).
+# &+ \tfrac14 \Big(D_{\mathrm{KL}}\big(q(z|x) P(x) \,\|\, p(x, z)\big) \\
+# &\qquad\;\; {}+ D_{\mathrm{KL}}\big(p(x|z) P(z) \,\|\, q(x, z)\big)\Big).
 # \end{aligned}
 # $$ (eq-ch2-decomposition)
 #
@@ -322,9 +326,10 @@ print("Eq. 11 and L_MIM >= R_H hold on every sweep instance:",
 # :label: thm-ch2-chain
 #
 # $$
-# L_{\mathrm{MIM}} = L_{\mathrm{CE}} + R_{\mathrm{MIM}} \;\ge\; L_{\mathrm{CE}}
-# \;\ge\; H(\mathcal{M}_S)
-# = H_{\mathcal{M}_S}(x) + H_{\mathcal{M}_S}(z) - I_{\mathcal{M}_S}(x; z).
+# \begin{aligned}
+# L_{\mathrm{MIM}} &= L_{\mathrm{CE}} + R_{\mathrm{MIM}} \;\ge\; L_{\mathrm{CE}} \;\ge\; H(\mathcal{M}_S) \\
+# &= H_{\mathcal{M}_S}(x) + H_{\mathcal{M}_S}(z) - I_{\mathcal{M}_S}(x; z).
+# \end{aligned}
 # $$ (eq-ch2-chain)
 #
 # Both inequalities are equalities if and only if $q(x, z) = p(x, z) = \mathcal{M}_S$.
@@ -333,8 +338,15 @@ print("Eq. 11 and L_MIM >= R_H hold on every sweep instance:",
 # :::{prf:proof}
 # The first two steps are {prf:ref}`thm-ch2-rmim` and {prf:ref}`thm-ch2-lce`. For the last,
 # with $a$ the joint and $a_x, a_z$ its marginals,
-# $I_a(x; z) = D_{\mathrm{KL}}(a \,\|\, a_x a_z) = \mathbb{E}_a\big[\log a - \log a_x -
-# \log a_z\big] = -H(a) + H(a_x) + H(a_z)$. Equality throughout needs $q = p$ on the
+#
+# $$
+# \begin{aligned}
+# I_a(x; z) &= D_{\mathrm{KL}}(a \,\|\, a_x a_z) = \mathbb{E}_a\big[\log a - \log a_x - \log a_z\big] \\
+# &= -H(a) + H(a_x) + H(a_z).
+# \end{aligned}
+# $$
+#
+# Equality throughout needs $q = p$ on the
 # support of $\mathcal{M}_S$ and $\tfrac12 (q + p) = \mathcal{M}_S$. The second condition makes
 # $\mathcal{M}_S$ zero wherever $q$ and $p$ both vanish, so the first one holds everywhere,
 # and $q = p = \mathcal{M}_S$.
@@ -379,8 +391,10 @@ print(inspect.getsource(d.DiscreteModel))
 # {eq}`eq-ch2-lmim` at the two pairs,
 #
 # $$
-# \hat\ell_i = \tfrac12 \big(\ell(x_i, z_i) + \ell(x'_i, z'_i)\big), \qquad
+# \begin{gathered}
+# \hat\ell_i = \tfrac12 \big(\ell(x_i, z_i) + \ell(x'_i, z'_i)\big), \\
 # \ell(x, z) = -\tfrac12 \big(\log q(z|x) + \log q(x) + \log p(x|z) + \log p(z)\big).
+# \end{gathered}
 # $$ (eq-ch2-estimator)
 #
 # Because $\mathcal{M}_S$ is the equal-weight mixture of $A_q$ and $A_p$, the expectation of
@@ -454,9 +468,11 @@ for r in mc_rows:
 # {eq}`eq-ch2-estimator`, is
 #
 # $$
+# \begin{aligned}
 # \mathbb{E}\,\hat\ell_{\mathrm{Alg.1}} = L_{\mathrm{MIM}}
-# + \tfrac14\, \mathbb{E}_{P(x)} D_{\mathrm{KL}}\big(q(z|x) \,\|\, \bar p(z|x)\big)
-# - \tfrac14\, I_{A_p}(x; z).
+# &+ \tfrac14\, \mathbb{E}_{P(x)} D_{\mathrm{KL}}\big(q(z|x) \,\|\, \bar p(z|x)\big) \\
+# &- \tfrac14\, I_{A_p}(x; z).
+# \end{aligned}
 # $$ (eq-ch2-algorithm1-bias)
 # :::
 #

@@ -31,10 +31,10 @@
 # ends with the list of every statement of the paper that the three theory chapters found
 # wrong or loose.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 preset = "book"
 
-# %%
+# %% tags=["hide-input"]
 import dataclasses
 import inspect
 
@@ -56,8 +56,10 @@ show, same = print_table, d.agree
 # With the anchored joints $A_q = q(z|x) P(x)$ and $A_p = p(x|z) P(z)$, appendix B defines
 #
 # $$
-# \mathrm{SKL} = \tfrac12 \Big(D_{\mathrm{KL}}\big(p(x|z) P(z) \,\|\, q(z|x) P(x)\big)
-# + D_{\mathrm{KL}}\big(q(z|x) P(x) \,\|\, p(x|z) P(z)\big)\Big).
+# \begin{aligned}
+# \mathrm{SKL} = \tfrac12 \Big(&D_{\mathrm{KL}}\big(p(x|z) P(z) \,\|\, q(z|x) P(x)\big) \\
+# &+ D_{\mathrm{KL}}\big(q(z|x) P(x) \,\|\, p(x|z) P(z)\big)\Big).
+# \end{aligned}
 # $$ (eq-ch3-skl)
 #
 # Note the factor $\tfrac12$: SKL is the *average* of the two directions. By
@@ -171,8 +173,11 @@ show(rows, index="epsilon")
 # :label: thm-ch3-skl-ce
 #
 # $$
+# \begin{aligned}
 # \tfrac12 \mathrm{SKL} + R_H
-# = \tfrac12 \Big( H\big(\mathcal{M}_S, q(z|x) P(x)\big) + H\big(\mathcal{M}_S, p(x|z) P(z)\big) \Big).
+# = \tfrac12 \Big( &H\big(\mathcal{M}_S, q(z|x) P(x)\big) \\
+# &+ H\big(\mathcal{M}_S, p(x|z) P(z)\big) \Big).
+# \end{aligned}
 # $$ (eq-ch3-skl-ce)
 # :::
 #
@@ -192,8 +197,10 @@ show(rows, index="epsilon")
 # mixture,
 #
 # $$
-# L_{\mathrm{MIM}} - \big(\tfrac12 \mathrm{SKL} + R_H\big)
-# = \tfrac12\, \mathbb{E}_{\mathcal{M}_S} \Big[\log \frac{P(x)}{q(x)} + \log \frac{P(z)}{p(z)}\Big],
+# \begin{aligned}
+# &L_{\mathrm{MIM}} - \big(\tfrac12 \mathrm{SKL} + R_H\big) \\
+# &\qquad = \tfrac12\, \mathbb{E}_{\mathcal{M}_S} \Big[\log \frac{P(x)}{q(x)} + \log \frac{P(z)}{p(z)}\Big],
+# \end{aligned}
 # $$ (eq-ch3-mim-skl-gap)
 #
 # which takes both signs. For fixed encoder and decoder, $L_{\mathrm{MIM}}$ is smallest when
@@ -263,9 +270,11 @@ print("L_MIM > SKL/2 + R_H and L_MIM < SKL/2 + R_H both occur in the sweep:", si
 # :label: thm-ch3-skl-jsd
 #
 # $$
+# \begin{aligned}
 # \tfrac12 \mathrm{SKL}
-# = \tfrac12 \Big(D_{\mathrm{KL}}\big(\mathcal{M}_S \,\|\, q(z|x) P(x)\big)
-# + D_{\mathrm{KL}}\big(\mathcal{M}_S \,\|\, p(x|z) P(z)\big)\Big) + \mathrm{JSD} .
+# = \tfrac12 \Big(&D_{\mathrm{KL}}\big(\mathcal{M}_S \,\|\, q(z|x) P(x)\big) \\
+# &+ D_{\mathrm{KL}}\big(\mathcal{M}_S \,\|\, p(x|z) P(z)\big)\Big) + \mathrm{JSD} .
+# \end{aligned}
 # $$ (eq-ch3-skl-jsd)
 #
 # Writing out the JSD, half the SKL is the sum of the two divergences between

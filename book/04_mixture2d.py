@@ -55,7 +55,7 @@ results_dir = "results"
 runs_dir = "../runs"
 PARAMETERS = dict(globals())   # what a papermill run may set; anything else is refused below
 
-# %%
+# %% tags=["hide-input"]
 import dataclasses
 import time
 

@@ -76,7 +76,7 @@ threads = None       # torch threads; None: leave as is
 results_dir = "results"
 runs_dir = "../runs"
 
-# %%
+# %% tags=["hide-input"]
 import dataclasses
 import time
 
@@ -140,8 +140,10 @@ for d in datasets:
 # latents, $z = [z_1, z_2] \in \mathbb{R}^{80}$, and factorises top-down in both directions:
 #
 # $$
-# q_\theta(z|x) = q_\theta(z_2|x)\, q_\theta(z_1|x, z_2), \qquad
-# p_\theta(x, z) = p_\theta(x|z_1, z_2)\, p_\theta(z_1|z_2)\, p_\theta(z_2).
+# \begin{aligned}
+# q_\theta(z|x) &= q_\theta(z_2|x)\, q_\theta(z_1|x, z_2), \\
+# p_\theta(x, z) &= p_\theta(x|z_1, z_2)\, p_\theta(z_1|z_2)\, p_\theta(z_2).
+# \end{aligned}
 # $$ (eq-img-factorisation)
 #
 # Every conditional is a diagonal Gaussian whose mean and log-variance (clipped to $[-6, 2]$) come from
@@ -203,9 +205,11 @@ for prior in ("standard", "vampprior"):
 # score-function (REINFORCE) estimator {cite:p}`williams1992simple`,
 #
 # $$
+# \begin{aligned}
 # \nabla_\theta\, \mathbb{E}_{p_\theta(x|z)}\left[f_\theta(x, z)\right]
-#   = \mathbb{E}\left[\nabla_\theta f_\theta(x, z)\right]
-#   + \mathbb{E}\left[\left(f_\theta(x, z) - b\right) \nabla_\theta \log p_\theta(x|z)\right],
+#   &= \mathbb{E}\left[\nabla_\theta f_\theta(x, z)\right] \\
+#   &\quad {}+ \mathbb{E}\left[\left(f_\theta(x, z) - b\right) \nabla_\theta \log p_\theta(x|z)\right],
+# \end{aligned}
 # $$ (eq-img-score)
 #
 # where the baseline $b$ may be anything that does not depend on that $x$. We use the leave-one-out

@@ -78,7 +78,7 @@ threads = None       # torch threads; None: leave as is
 results_dir = "results"
 runs_dir = "../runs"
 
-# %%
+# %% tags=["hide-input"]
 import dataclasses
 import os
 import time
@@ -115,8 +115,10 @@ print(f"model={cfg.model}, prior={cfg.prior}, datasets={datasets}, objectives={o
 # raster order (row by row, left to right),
 #
 # $$
-# p_\theta(x|z) = \prod_{i=1}^{784} p_\theta(x_i \,|\, x_{<i}, z_1, z_2), \qquad
-# p_\theta(x_i = 1 \,|\, x_{<i}, z) = \sigma\big(f_{\theta,i}(x_{<i}, z)\big).
+# \begin{aligned}
+# p_\theta(x|z) &= \prod_{i=1}^{784} p_\theta(x_i \,|\, x_{<i}, z_1, z_2), \\
+# p_\theta(x_i = 1 \,|\, x_{<i}, z) &= \sigma\big(f_{\theta,i}(x_{<i}, z)\big).
+# \end{aligned}
 # $$ (eq-pix-autoregressive)
 #
 # The network $f_\theta$ is a PixelCNN: each latent goes through a gated dense layer to a 28x28 map,
@@ -282,23 +284,29 @@ print(f"symmetric MIM step / A-MIM step = {t_step['mim'] / t_step['amim']:.2f}: 
 # model's two joint distributions, symmetrised (paper Eq. (7); chapter {ref}`ch-mixture2d`):
 #
 # $$
-# \mathcal{L}_{\mathrm{MIM}}(\theta) = -\tfrac12\, \mathbb{E}_{(x, z) \sim \mathcal{M}_S}
-#   \left[\log p_\theta(x|z) + \log p_\theta(z) + \log q_\theta(z|x) + \log q_\theta(x)\right],
-# \qquad \mathcal{M}_S = \tfrac12\left(P(x)\,q_\theta(z|x) + P(z)\,p_\theta(x|z)\right).
+# \begin{aligned}
+# \mathcal{L}_{\mathrm{MIM}}(\theta) &= -\tfrac12\, \mathbb{E}_{(x, z) \sim \mathcal{M}_S}
+#   \big[\log p_\theta(x|z) + \log p_\theta(z) \\
+#   &\qquad {}+ \log q_\theta(z|x) + \log q_\theta(x)\big], \\
+# \mathcal{M}_S &= \tfrac12\left(P(x)\,q_\theta(z|x) + P(z)\,p_\theta(x|z)\right).
+# \end{aligned}
 # $$ (eq-pix-mim)
 #
 # A-MIM keeps the loss and changes only the sample distribution to its encoder half,
 # $\mathcal{M}_S^{A} = P(x)\,q_\theta(z|x)$:
 #
 # $$
-# \mathcal{L}_{\mathrm{A\text{-}MIM}}(\theta) = -\tfrac12\, \mathbb{E}_{x \sim P(x),\, z \sim q_\theta(z|x)}
-#   \left[\log p_\theta(x|z) + \log p_\theta(z) + \log q_\theta(z|x) + \log q_\theta(x)\right].
+# \begin{aligned}
+# \mathcal{L}_{\mathrm{A\text{-}MIM}}(\theta) &= -\tfrac12\, \mathbb{E}_{x \sim P(x),\, z \sim q_\theta(z|x)}
+#   \big[\log p_\theta(x|z) + \log p_\theta(z) \\
+#   &\qquad {}+ \log q_\theta(z|x) + \log q_\theta(x)\big].
+# \end{aligned}
 # $$ (eq-pix-amim)
 #
 # The marginal $q_\theta(x)$ is estimated with the same $z$ (paper Algorithm 1, line 5),
 #
 # $$
-# \log q_\theta(x) \approx \log p_\theta(x|z) + \log p_\theta(z) - \log q_\theta(z|x), \qquad z \sim q_\theta(z|x),
+# \log q_\theta(x) \approx \log p_\theta(x|z) + \log p_\theta(z) - \log q_\theta(z|x), \quad z \sim q_\theta(z|x),
 # $$ (eq-pix-qx)
 #
 # and the loss per data image becomes (line 6)

@@ -71,7 +71,7 @@
 # beside ours (read from `book/results/*.csv`, written by the chapters). Each chapter states the
 # settings that produced its numbers and discusses the differences.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 preset = "book"   # the summary reads the committed results of the book preset
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
