@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import write_atomic
+from .atomic import check_writable, remove_orphans, write_atomic
 
-__all__ = ["show_source", "print_table", "write_results", "print_run_settings", "check_parameters"]
+__all__ = ["show_source", "print_table", "write_results", "print_run_settings", "check_parameters",
+           "check_writable"]
 
 #: Names IPython puts in a notebook's namespace (never parameters).
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
@@ -66,6 +67,7 @@ def write_results(df: pd.DataFrame, results_dir: str | Path, name: str,
             if col not in df.columns or not (df[col] == value).all():
                 raise ValueError(f"write_results: every row to write must have {col} == {value!r}")
     with _locked(out / f".{name}.csv.lock"):
+        remove_orphans(out, (f".{name}.csv.*.tmp",))   # of a writer killed mid-write (we hold the lock)
         if replace and path.exists():
             old = pd.read_csv(path)
             match = pd.Series(True, index=old.index)

@@ -12,15 +12,22 @@ Every field of a study's config dataclass is declared with one of
 
 :func:`key` collects the fields of some groups as a JSON-able dict (tuples become lists), and
 :func:`check_groups` (called by each config's ``__post_init__``) refuses a field declared without
-a group, so a new setting cannot silently stay out of the hash.
+a group, so a new setting cannot silently stay out of the hash. :func:`check_types` checks every field's value
+against its annotation (one check for every config, naming the field, the value and what it expects).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
+import types
+import typing
 from typing import Any
 
-__all__ = ["GROUPS", "grid", "train", "evaluate", "runtime", "key", "fields_of", "check_groups"]
+__all__ = ["GROUPS", "grid", "train", "evaluate", "runtime", "key", "fields_of", "check_groups", "check_types",
+           "check_range"]
 
 GROUPS = ("grid", "train", "evaluate", "runtime")
 
@@ -89,3 +96,100 @@ def check_groups(cfg) -> None:
     if bad:
         raise TypeError(f"{type(cfg).__name__}: fields {bad} have no group; declare each with "
                         f"mimlib.configs.{{grid,train,evaluate,runtime}}(default)")
+
+
+# ----------------------------------------------------------------------------- types and values
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(t: Any) -> str:
+    """``t`` (an annotation) in words."""
+    if t is bool:
+        return "True or False"
+    if t is int:
+        return "an integer"
+    if t is float:
+        return "a finite number"
+    if t is str:
+        return "a string"
+    if t is type(None):
+        return "None"
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        example = {int: "(0, 1)", str: "('a', 'b')", float: "(0.5, 1.0)"}.get(args[0], "(a, b)")
+        return f"a sequence (tuple or list) of {_describe(args[0]).split(' ', 1)[-1]}s, e.g. {example}"
+    return getattr(t, "__name__", str(t))
+
+
+def _problem(v: Any, t: Any) -> str | None:
+    """Why ``v`` is not a value of annotation ``t`` (None if it is, or if ``t`` is not checked here)."""
+    if t is bool:
+        return None if isinstance(v, bool) else ""
+    if t is int:
+        return None if isinstance(v, numbers.Integral) and not isinstance(v, bool) else ""
+    if t is float:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            return ""
+        return None if math.isfinite(v) else " (not finite)"
+    if t is str:
+        return None if isinstance(v, str) else ""
+    if t is type(None):
+        return None if v is None else ""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        probs = [_problem(v, a) for a in args]
+        if any(p is None for p in probs):
+            return None
+        return next((p for p in probs if p), "")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(v, str) or not isinstance(v, (tuple, list)):
+            one = f": write ({v!r},) for one element" if _problem(v, args[0]) is None else ""
+            return f" (a single {'string' if isinstance(v, str) else 'value'}, not a sequence{one})"
+        for i, x in enumerate(v):
+            p = _problem(x, args[0])
+            if p is not None:
+                return f" (element {i}, {x!r}, is not {_describe(args[0])}{p})"
+        return None
+    return None   # other annotations are not checked here
+
+
+def _show(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+def check_types(cfg) -> None:
+    """Raise :class:`TypeError` naming the field, the value it got and what it expects, for the first
+    field of the dataclass instance ``cfg`` whose value does not match its annotation (``int``,
+    ``float`` (finite), ``str``, ``bool``, ``X | None``, ``tuple[X, ...]`` (a list is accepted too); a
+    bool is not an integer, a bare string or number is not a sequence). Call it first in
+    ``__post_init__``, so the value checks after it compare numbers with numbers."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        t = hints.get(f.name)
+        if t is None:
+            continue
+        v = getattr(cfg, f.name)
+        p = _problem(v, t)
+        if p is not None:
+            raise TypeError(f"{type(cfg).__name__}: {f.name} expects {_describe(t)}, got {_show(v)}{p}")
+
+
+def check_range(cfg, name: str, low: float | None = None, high: float | None = None, *,
+                strict_low: bool = False, what: str = "") -> None:
+    """Raise :class:`ValueError` naming ``name`` unless ``low <= cfg.name <= high`` (``low <`` with
+    ``strict_low``); None passes (optional fields), ``what`` is added to the message."""
+    v = getattr(cfg, name)
+    if v is None:
+        return
+    bad = (low is not None and (v <= low if strict_low else v < low)) or (high is not None and v > high)
+    if bad:
+        rule = " and ".join(r for r in (
+            f"{'>' if strict_low else '>='} {low}" if low is not None else "",
+            f"<= {high}" if high is not None else "") if r)
+        raise ValueError(f"{type(cfg).__name__}: {name} must be {rule}, got {v!r}{what}")

@@ -50,6 +50,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -64,10 +65,10 @@ from . import metrics
 from .nets.hvae import ConvHVAE
 from .nets.pixelhvae import PixelHVAE
 from .objectives import MIMOptions, get_objective
-from .atomic import write_atomic
+from .atomic import check_writable, write_atomic
 from .precision import REQUESTS, machine_label, resolve_precision, torch_device
 from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
-from .train import FitConfig, FitResult, config_hash, fit
+from .train import FitConfig, FitResult, config_hash, fit, run_lock
 
 __all__ = ["ImageStudyConfig", "StudyResult", "load_data", "build_model", "train_model", "time_per_epoch",
            "evaluate_model", "run_study", "training_curves", "embed", "posterior_means", "active_units",
@@ -140,7 +141,10 @@ class ImageStudyConfig:
     preset: str = C.runtime("custom")            # a label only (written to the results)
 
     def __post_init__(self):
+        """Every setting checked here, before anything is trained: types (:func:`mimlib.configs.check_types`),
+        ranges, choices, and settings against each other (errors name the setting)."""
         C.check_groups(self)
+        C.check_types(self)
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {list(MODELS)}, got {self.model!r}")
         if self.dataset not in I.DATASETS:
@@ -156,9 +160,11 @@ class ImageStudyConfig:
         if self.pseudo_init not in ("normal", "data"):
             raise ValueError(f"pseudo_init must be 'normal' or 'data', got {self.pseudo_init!r}")
         for name in ("batch_size", "max_epochs", "patience", "nll_samples", "nll_chunk", "eval_batch",
-                     "au_samples", "curve_k"):
+                     "au_samples", "curve_k", "n_pseudo"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("curve_knn_train", "curve_knn_val", "au_threshold"):
+            C.check_range(self, name, 0)
         for name in ("steps_per_epoch", "n_train_subset", "n_val_subset", "n_knn_train", "n_eval_test",
                      "n_nll_points", "threads"):
             v = getattr(self, name)
@@ -525,6 +531,10 @@ def train_model(cfg: ImageStudyConfig, runs_dir: str | os.PathLike | None = None
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     data = load_data(cfg) if data is None else _subset(data, cfg)
+    knn_train = data.n_train if cfg.n_knn_train is None else min(cfg.n_knn_train, data.n_train)
+    if max(cfg.knn_ks) > knn_train:   # said before training, not as NaN columns after it
+        raise ValueError(f"knn_ks {cfg.knn_ks}: k = {max(cfg.knn_ks)} exceeds the {knn_train} training images "
+                         f"the k-NN classifier is fit on; lower knn_ks or use more training images")
     device = cfg.torch_device()
     model = build_model(cfg, data)
     val = data.val if cfg.n_val_subset is None else data.val[:cfg.n_val_subset]
@@ -627,7 +637,12 @@ def evaluate_model(model: ConvHVAE, data: I.BinarizedImages, cfg: ImageStudyConf
         "run": run_name(cfg),
     })
     if cache is not None:
-        write_atomic(cache, json.dumps(row, indent=1))
+        try:
+            with run_lock(run_dir):
+                write_atomic(cache, json.dumps(row, indent=1))
+        except OSError as e:   # a read-only runs folder, a full disk: the row is kept, only not cached
+            warnings.warn(f"could not cache the evaluation row in {cache} ({e}); the row is returned, and the "
+                          f"next run evaluates again", stacklevel=2)
     return row
 
 
@@ -731,15 +746,81 @@ def _from_record(run: ImageStudyConfig, records_dir) -> tuple[RunRecord | None, 
                  "seconds": float(rec.info["train_seconds"])}
 
 
+@contextlib.contextmanager
+def _held(run: ImageStudyConfig, runs_dir) -> Iterator[None]:
+    """The run folder's lock (:func:`mimlib.train.run_lock`) across training and evaluation, so a second
+    process on the same run waits and then finds it trained and evaluated; a folder that cannot be
+    locked (read-only: only a finished run loads from it) is used without."""
+    if runs_dir is None:
+        yield
+        return
+    try:
+        lock = run_lock(run_dir_of(run, runs_dir))
+        lock.__enter__()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _finished(run: ImageStudyConfig, runs_dir) -> bool:
+    """Whether ``run`` has a finished run folder under ``runs_dir`` (its name or a legacy one)."""
+    return any((Path(runs_dir) / n / "final.pt").exists() for n in [run_name(run), *_legacy_run_names(run)])
+
+
+def _preflight(runs: list[ImageStudyConfig], runs_dir, records_dir) -> None:
+    """Before the first training step of ``runs`` (those to train or evaluate): the device exists and the
+    folders that will be written are writable (errors name the folder; nothing is trained or written)."""
+    if not runs:
+        return
+    for device in dict.fromkeys(r.device for r in runs):
+        torch_device(device)
+    for r in runs:   # what train_model / build_model would refuse, said before the first run trains
+        knn_train = min(n for n in (r.n_knn_train, r.n_train_subset, math.inf) if n is not None)
+        if max(r.knn_ks) > knn_train:
+            raise ValueError(f"knn_ks {r.knn_ks}: k = {max(r.knn_ks)} exceeds the {knn_train} training images the "
+                             f"k-NN classifier is fit on (n_knn_train = {r.n_knn_train}, n_train_subset = "
+                             f"{r.n_train_subset}); lower knn_ks or raise those")
+        if r.prior == "vampprior" and r.pseudo_init == "data" and (r.n_train_subset or math.inf) < r.n_pseudo:
+            raise ValueError(f"{run_name(r)}: pseudo_init='data' starts the {r.n_pseudo} pseudo-inputs from as "
+                             f"many distinct training images, but n_train_subset = {r.n_train_subset}: lower "
+                             f"n_pseudo or raise n_train_subset")
+    if records_dir is not None:
+        check_writable(Path(records_dir) / STUDY, "records folder")
+    if runs_dir is not None and not all(_finished(r, runs_dir) for r in runs):
+        check_writable(runs_dir, "runs folder")
+
+
+def _grid_values(name: str, values, default) -> list:
+    """A ``run_study`` list argument as a list (None or empty: ``[default]``; seeds: None only); a bare
+    string or number is refused, naming the argument."""
+    if values is None or (name != "seeds" and isinstance(values, (list, tuple)) and len(values) == 0):
+        return [default]
+    if isinstance(values, (str, bytes, int, float)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"run_study: {name} expects a list, got {values!r} ({type(values).__name__}); "
+                        f"write [{values!r}] for one")
+    values = list(values)
+    if not values:
+        raise ValueError(f"run_study: {name} is empty")
+    dup = sorted({repr(v) for v in values if values.count(v) > 1})
+    if dup:
+        raise ValueError(f"run_study: {name} lists {', '.join(dup)} more than once")
+    return values
+
+
 def _record_run(run: ImageStudyConfig, runs_dir, records_dir, data: I.BinarizedImages, progress,
                 arrays: Callable | None, rec: RunRecord | None, log: bool = False) -> dict[str, Any]:
     """One run of :func:`run_study` that its records do not cover: trained (or loaded from its run
     folder), evaluated and, with ``records_dir``, recorded (``rec``: its record without this
     evaluation, if any) and read back."""
     name = run_name(run)
-    model, res, run_data = train_model(run, runs_dir, data, progress, log=log)
-    run_dir = run_dir_of(run, runs_dir) if runs_dir is not None else None
-    row = evaluate_model(model, run_data, run, res, run_dir)
+    with _held(run, runs_dir):
+        model, res, run_data = train_model(run, runs_dir, data, progress, log=log)
+        run_dir = run_dir_of(run, runs_dir) if runs_dir is not None else None
+        row = evaluate_model(model, run_data, run, res, run_dir)
     h = res.history.copy()
     for col, v in (("seed", run.seed), ("objective", run.objective), ("prior", run.prior), ("dataset", run.dataset)):
         h.insert(0, col, v)
@@ -773,30 +854,44 @@ def run_study(cfg: ImageStudyConfig, datasets=None, priors=None, objectives=None
     ``log`` prints a line per epoch (background runs).
     """
     t0 = time.perf_counter()
-    datasets = list(datasets or [cfg.dataset])
-    priors, objectives, seeds = list(priors or [cfg.prior]), list(objectives or [cfg.objective]), list(
-        seeds if seeds is not None else [cfg.seed])
+    if not isinstance(cfg, ImageStudyConfig):
+        raise TypeError(f"run_study: cfg expects an ImageStudyConfig, got {type(cfg).__name__}")
+    grid = {"datasets": ("dataset", datasets), "priors": ("prior", priors), "objectives": ("objective", objectives),
+            "seeds": ("seed", seeds)}
+    lists = {}
+    for name, (fname, values) in grid.items():   # every element checked before anything runs
+        lists[name] = _grid_values(name, values, getattr(cfg, fname))
+        for i, v in enumerate(lists[name]):
+            try:
+                dataclasses.replace(cfg, **{fname: v})
+            except (TypeError, ValueError) as e:
+                chars = all(isinstance(x, str) and len(x) == 1 for x in lists[name])
+                hint = (f" ({name} is a list of single characters: was the string {''.join(lists[name])!r} "
+                        f"turned into a list? pass [{''.join(lists[name])!r}])" if chars else "")
+                raise type(e)(f"run_study: {name}[{i}] = {v!r}: {e}{hint}") from None
+    plan = []
+    for dataset in lists["datasets"]:
+        for prior in lists["priors"]:
+            for objective in lists["objectives"]:
+                for seed in lists["seeds"]:
+                    run = dataclasses.replace(cfg, dataset=dataset, prior=prior, objective=objective, seed=seed)
+                    plan.append(((dataset, prior, objective, seed), run, *_from_record(run, records_dir)))
+    _preflight([run for _, run, _, out in plan if out is None], runs_dir, records_dir)
     rows, hists, models, loaded, figs = [], [], {}, {}, {}
     train_seconds = 0.0
-    for dataset in datasets:
-        base = dataclasses.replace(cfg, dataset=dataset)
-        for prior in priors:
-            for objective in objectives:
-                for seed in seeds:
-                    run = dataclasses.replace(base, prior=prior, objective=objective, seed=seed)
-                    rec, out = _from_record(run, records_dir)
-                    if out is None:
-                        if dataset not in loaded:   # loaded once, lazily: runs read from records need no data
-                            loaded[dataset] = (_subset(data[dataset], base) if data and dataset in data
-                                               else load_data(base))
-                        out = _record_run(run, runs_dir, records_dir, loaded[dataset], progress, arrays, rec, log)
-                    key = (dataset, prior, objective, seed)
-                    rows.append(out["row"])
-                    hists.append(out["history"])
-                    figs[key] = out["arrays"]
-                    if out["model"] is not None:
-                        models[key] = out["model"]
-                    train_seconds += out["seconds"]
+    for key, run, rec, out in plan:
+        dataset = key[0]
+        if out is None:
+            if dataset not in loaded:   # loaded once, lazily: runs read from records need no data
+                base = dataclasses.replace(cfg, dataset=dataset)
+                loaded[dataset] = (_subset(data[dataset], base) if data and dataset in data else load_data(base))
+            out = _record_run(run, runs_dir, records_dir, loaded[dataset], progress, arrays, rec, log)
+        rows.append(out["row"])
+        hists.append(out["history"])
+        figs[key] = out["arrays"]
+        if out["model"] is not None:
+            models[key] = out["model"]
+        train_seconds += out["seconds"]
     return StudyResult(pd.DataFrame(rows), pd.concat(hists, ignore_index=True), models, loaded,
                        time.perf_counter() - t0, train_seconds, figs)
 
@@ -854,7 +949,9 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[ImageStudyConfig,
     try:
         cfg = presets.resolve(study, args.preset, **explicit, **overrides)
     except (TypeError, ValueError) as e:
-        ap.error(str(e))
+        hint = (" (--set values are read as JSON: 5, 0.5, [1, 3], true; anything else is a string)"
+                if isinstance(e, TypeError) and overrides else "")
+        ap.error(f"{e}{hint}")
     if args.records_dir is not None and args.no_eval:
         ap.error("--records-dir records evaluated runs; drop --no-eval")
     return cfg, args
@@ -870,6 +967,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row = out.results.iloc[0].to_dict()
         print(json.dumps(row, indent=1, default=str), flush=True)
         return row
+    _preflight([cfg], args.runs_dir, None)
+    with _held(cfg, args.runs_dir):
+        return _train_and_evaluate(cfg, args)
+
+
+def _train_and_evaluate(cfg: ImageStudyConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`main` without ``--records-dir``."""
     model, res, data = train_model(cfg, args.runs_dir, log=True)
     state = "loaded (finished earlier)" if res.loaded else (
         f"resumed after epoch {res.resumed_from + 1}" if res.resumed_from is not None else "trained")

@@ -149,7 +149,15 @@ def find_dataset(name: str, root: str | os.PathLike | None = None) -> dict[str, 
             return found  # type: ignore[return-value]
         if folder.is_dir():
             missing = [FILES[r] for r, p in found.items() if p is None]
-            looked.append(f"  {folder}  (incomplete: missing {', '.join(missing)})")
+            dirs = [str(c) for f in missing for c in (folder / f, folder / (f + ".gz")) if c.is_dir()]
+            missing = [f for f in missing if not (folder / f).is_dir() and not (folder / (f + ".gz")).is_dir()]
+            why = []
+            if dirs:
+                why.append(f"a directory where a data file should be: {', '.join(dirs)} (remove it or put "
+                           f"the file there)")
+            if missing:
+                why.append(f"missing {', '.join(missing)}")
+            looked.append(f"  {folder}  (incomplete: {'; '.join(why)})")
         else:
             looked.append(f"  {folder}  (not found)")
     raise FileNotFoundError(f"{name} IDX files not found. Looked in:\n" + "\n".join(looked)
@@ -159,16 +167,35 @@ def find_dataset(name: str, root: str | os.PathLike | None = None) -> dict[str, 
 # ----------------------------------------------------------------------------- IDX parsing
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _read_bytes(path: Path) -> bytes:
-    """The (decompressed) content of ``path``; gzip errors become DataIntegrityError."""
+    """The (decompressed) content of ``path``; gzip errors become DataIntegrityError saying how to fix them."""
+    if path.is_dir():
+        raise DataIntegrityError(f"{path} is a directory where the IDX data file should be; remove it and put "
+                                 f"the file there")
     raw = path.read_bytes()
     if path.suffix != ".gz":
+        if raw[:2] == _GZIP_MAGIC:
+            raise DataIntegrityError(f"{path} is gzip-compressed but its name does not end in .gz; rename it to "
+                                     f"{path.name}.gz (or decompress it in place: mv {path.name} {path.name}.gz && gunzip {path.name}.gz)")
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
-        raise DataIntegrityError(f"{path}: not a valid gzip file ({err}); "
-                                 f"delete it and provide the file again") from err
+        if raw[:2] != _GZIP_MAGIC and len(raw) >= 4 and raw[:3] == b"\x00\x00\x08":
+            fix = (f"it looks like an uncompressed IDX file: rename it to {path.name[:-3]} (without .gz), or "
+                   f"compress it: gzip {path.name[:-3]}")
+        elif raw[:2] == _GZIP_MAGIC:
+            fix = "the gzip stream is truncated or corrupt (an interrupted download?): delete it and provide " \
+                  "the file again (download=True fetches it)"
+        else:
+            start = raw[:64].lstrip().lower()
+            what = " (it starts like an HTML page: a download error page saved as the file?)" if start.startswith(
+                (b"<!doctype", b"<html", b"<?xml")) else ""
+            fix = f"it is not gzip data{what}: delete it and provide the file again (download=True fetches it)"
+        raise DataIntegrityError(f"{path}: not a valid gzip file ({err}); {fix}") from err
 
 
 def _known_key(path: Path) -> str:
@@ -185,7 +212,8 @@ def _parse_idx(data: bytes, path: Path, expected_ndim: int | None,
     if zero != 0 or dtype != _IDX_UBYTE or ndim == 0 or (expected_ndim is not None and ndim != expected_ndim):
         want = f"0x000008{expected_ndim:02x}" if expected_ndim is not None else "0x000008<ndim>"
         raise DataIntegrityError(f"{path}: bad IDX magic number 0x{data[:4].hex()} (expected {want}); "
-                                 f"not an IDX file of unsigned bytes")
+                                 f"not an IDX file of unsigned bytes: delete it and provide the file again "
+                                 f"(download=True fetches it)")
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DataIntegrityError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")

@@ -31,6 +31,7 @@ from .data import MixtureStream, sample_mixture, split_batches
 from .nets.mlp import MixtureModel2D
 from .objectives import MIMOptions, get_objective
 from .precision import torch_device
+from .atomic import check_writable
 from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
 from .train import FitConfig, FitResult, config_hash, fit
 
@@ -75,7 +76,10 @@ class Mixture2DConfig:
     device: str = C.runtime("cpu")
 
     def __post_init__(self):
+        """Every setting checked here, before anything is trained: types (:func:`mimlib.configs.check_types`),
+        ranges, and the evaluation settings against each other (errors name the setting)."""
         C.check_groups(self)
+        C.check_types(self)
         for name in ("hidden", "seeds", "objectives"):
             if len(getattr(self, name)) == 0:
                 raise ValueError(f"{name} must not be empty")
@@ -83,8 +87,23 @@ class Mixture2DConfig:
             raise ValueError(f"hidden sizes must be >= 1, got {self.hidden}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
-        for o in self.objectives:
-            get_objective(o)  # raises on unknown names
+        for i, o in enumerate(self.objectives):
+            try:
+                get_objective(o)
+            except ValueError as e:
+                raise ValueError(f"Mixture2DConfig: objectives[{i}] = {o!r}: {e}") from None
+        for name in ("batch_size", "n_train", "n_val", "n_test", "n_nll_points", "n_knn_train", "nll_samples",
+                     "ksg_k", "knn_k"):
+            C.check_range(self, name, 1)
+        C.check_range(self, "min_std", 0)
+        if self.ksg_k >= self.n_test:
+            raise ValueError(f"Mixture2DConfig: ksg_k = {self.ksg_k} must be smaller than n_test = {self.n_test} "
+                             f"(the KSG estimator's neighbours are test points)")
+        if self.knn_k > self.n_knn_train:
+            raise ValueError(f"Mixture2DConfig: knn_k = {self.knn_k} exceeds n_knn_train = {self.n_knn_train}, "
+                             f"the k-NN classifier's training points")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu', 'cuda[:n]' or 'auto', got {self.device!r}")
         self.mim_options()    # raises on unknown choices
         self.fit_config()
 
@@ -269,6 +288,10 @@ def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
     the rounding of a different thread count). Spawned workers re-import a calling *script*, which
     therefore needs the ``if __name__ == "__main__":`` guard (notebooks and ``python -c`` do not).
     """
+    if not isinstance(cfg, Mixture2DConfig):
+        raise TypeError(f"run_sweep: cfg expects a Mixture2DConfig, got {type(cfg).__name__}")
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        raise TypeError(f"run_sweep: workers expects an integer, got {workers!r} ({type(workers).__name__})")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     t0 = time.perf_counter()
@@ -281,6 +304,7 @@ def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
             done[(o, h)] = recorded
         else:
             todo.append((o, h))
+    _preflight(todo, cfg, runs_dir, records_dir)
     if workers == 1 or len(todo) <= 1:
         for o, h in todo:
             done[(o, h)] = _group(o, h, cfg, runs_dir, records_dir, progress)
@@ -305,6 +329,19 @@ def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
                        {g: done[g]["model"] for g in groups if done[g]["model"] is not None},
                        time.perf_counter() - t0, sum(done[g]["seconds"] for g in groups),
                        {g: done[g]["panel"] for g in groups}, [g for g in todo])
+
+
+def _preflight(todo: list[tuple[str, int]], cfg: Mixture2DConfig, runs_dir, records_dir) -> None:
+    """Before the first training step: the device exists and the folders that will be written are
+    writable (each error names the folder; nothing is trained or written)."""
+    if not todo:
+        return
+    torch_device(cfg.device)
+    if records_dir is not None:
+        check_writable(Path(records_dir) / STUDY, "records folder")
+    if runs_dir is not None and any(not (Path(runs_dir) / group_name(o, h, cfg) / "final.pt").exists()
+                                    for o, h in todo):
+        check_writable(runs_dir, "runs folder")
 
 
 def _bar(total: int, progress: bool | None):

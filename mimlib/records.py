@@ -13,7 +13,8 @@ A record is one folder ``<root>/<study>/<run name>/`` holding
 Chapters read records first (:func:`read_record`); a run's weights (``runs/``, untracked) are only
 needed to train further or to compute something the record lacks. Every file is written through a
 temporary name and renamed, so an interrupted write leaves the previous record or none, never half
-of one. Floats are stored at full precision (JSON and CSV ``repr``), so a chapter re-executed
+of one (the temporary files of a writer killed mid-write are removed by the next
+:func:`write_record` of that run). Floats are stored at full precision (JSON and CSV ``repr``), so a chapter re-executed
 from its records prints exactly what it printed when the runs were trained.
 """
 
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic import write_atomic
+from .atomic import remove_orphans, write_atomic
 from .train import config_hash
 
 __all__ = ["FORMAT_VERSION", "RunRecord", "record_dir", "read_record", "write_record", "write_evaluation",
@@ -39,6 +40,9 @@ __all__ = ["FORMAT_VERSION", "RunRecord", "record_dir", "read_record", "write_re
 
 #: Bumped whenever the layout changes; a record of another version is refused with its path.
 FORMAT_VERSION = 1
+
+#: A temporary file in a record folder older than this (seconds) is a killed writer's: removed.
+ORPHAN_SECONDS = 600
 
 
 class RecordError(ValueError):
@@ -96,6 +100,8 @@ def write_record(root: str | os.PathLike, record: RunRecord) -> Path:
     """Write ``record`` under ``root`` (history and arrays first, ``record.json`` last: a folder
     without ``record.json`` is not a record). Returns its folder."""
     d = record_dir(root, record.study, record.name)
+    if d.is_dir():   # temporary files of a writer killed mid-write (a live writer's are seconds old)
+        remove_orphans(d, ("*.tmp",), older_than=ORPHAN_SECONDS)
     buf = io.StringIO()
     record.history.to_csv(buf, index=False)
     write_atomic(d / "history.csv", buf.getvalue().encode())

@@ -5,6 +5,15 @@ validation loss (per model, for the batched 2-D models), checkpoints every
 epoch (atomically) and resumes from the last checkpoint, refuses to go on past
 a non-finite loss, and returns the history as a DataFrame. A run folder whose
 training has finished is loaded instead of trained again.
+
+One process at a time trains a run folder: it holds an exclusive lock on ``<run folder>/.lock``
+(:func:`mimlib.atomic.file_lock`, released by the kernel when the process ends, even by kill -9); a
+second process started on the same folder waits, saying which process it waits for, and then
+loads the finished run. Under the lock, the temporary files of a killed writer (``*.tmp``) and a
+checkpoint left beside ``final.pt`` are removed. A full disk stops training with
+:class:`mimlib.atomic.DiskFullError` naming the file; the last checkpoint stays intact and the
+run resumes from it once space is freed. Messages count epochs and steps from 1 (the history's
+``epoch`` column counts from 0).
 """
 
 from __future__ import annotations
@@ -22,11 +31,16 @@ import pandas as pd
 import torch
 from tqdm import tqdm  # text bars: tqdm.auto would need ipywidgets in notebooks and warns without it
 
+from . import configs as C
 from .allocator import keep_freed_memory
+from .atomic import check_writable, disk_full_error, file_lock, is_disk_full, remove_orphans
 from .objectives import Loss
 from .optim import LR_SCHEDULES, OPTIMIZERS, lr_factor, make_optimizer
 
-__all__ = ["FitConfig", "FitResult", "fit", "beta_schedule", "atomic_save", "config_hash"]
+__all__ = ["FitConfig", "FitResult", "fit", "beta_schedule", "atomic_save", "config_hash", "run_lock", "LOCK_NAME"]
+
+#: The lock file of a run folder (``*.lock`` is git-ignored).
+LOCK_NAME = ".lock"
 
 
 @dataclass(frozen=True)
@@ -44,8 +58,11 @@ class FitConfig:
     selection: str = "best"      # "best": early stopping, best validation epoch kept; "last": every epoch, last kept
 
     def __post_init__(self):
+        C.check_types(self)   # lr a finite number, max_epochs an integer, ...
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
         if self.max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if self.patience < 1:
@@ -87,18 +104,62 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+def atomic_save(obj: Any, path: Path, then: str = "") -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file.
+
+    A full disk (``OSError`` ENOSPC, or torch's "unexpected pos" of a short write) raises
+    :class:`mimlib.atomic.DiskFullError` naming ``path`` (which keeps its previous content);
+    ``then`` says what a re-run does once space is freed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(path, e, then) from e
+        raise
     os.close(fd)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full_error(path, e, then) from e
         raise
+
+
+def run_lock(run_dir: str | Path, wait: bool = True):
+    """The lock of a run folder (created if missing), as :func:`mimlib.atomic.file_lock`: one process
+    at a time trains, evaluates into or tidies the folder. Re-entrant within a thread."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return file_lock(run_dir / LOCK_NAME, what=f"run folder {run_dir}", wait=wait)
+
+
+#: A temporary file in a run folder older than this (seconds) is a killed writer's. Under the run lock no
+#: writer is at work anyway; the age spares the files of a process that does not lock (an older mimlib).
+ORPHAN_SECONDS = 60
+
+
+def _remove_orphans(run_dir: Path) -> None:
+    """Under the run lock: temporary files of killed writers, and a checkpoint beside ``final.pt``."""
+    if (run_dir / "final.pt").exists():
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    remove_orphans(run_dir, ("*.tmp",), older_than=ORPHAN_SECONDS)
+
+
+def _tidy_finished(run_dir: Path) -> None:
+    """Orphans of a finished run folder, removed if the folder is free and writable (else left)."""
+    try:
+        if not ((run_dir / "checkpoint.pt").exists()
+                or any(time.time() - p.stat().st_mtime > ORPHAN_SECONDS for p in run_dir.glob("*.tmp"))):
+            return
+        with run_lock(run_dir, wait=False) as held:
+            if held:
+                _remove_orphans(run_dir)
+    except OSError:
+        pass   # a read-only runs folder: the finished run still loads
 
 
 def _batched_dim(model: torch.nn.Module) -> int | None:
@@ -118,7 +179,7 @@ def _nonfinite_message(epoch: int, step: int, loss: Loss, per_model: torch.Tenso
         t = t.float()
         terms[name] = t.mean(-1).tolist() if t.dim() > 1 else float(t.mean())
     where = f" (models {bad})" if bad else ""
-    return (f"non-finite training loss at epoch {epoch}, step {step}{where}: "
+    return (f"non-finite training loss at epoch {epoch + 1}, step {step + 1}{where}: "
             f"loss per model = {per_model.tolist()}; mean loss terms = {terms}. "
             "Lower the learning rate, raise the std floor, or check the data.")
 
@@ -165,21 +226,42 @@ def fit(model: torch.nn.Module,
     resume; ``migrate_config(stored_run_config)`` may first bring a run config stored
     by an older version into today's form (e.g. fields that left or joined a run's identity). ``on_epoch_end(epoch, model)`` may return extra history columns.
     """
+    if not isinstance(config, FitConfig):
+        raise TypeError(f"fit: config expects a FitConfig, got {type(config).__name__}")
     n_models = _batched_dim(model)
     keep_freed_memory()   # freed activations stay in the heap: no page faults every step (mimlib.allocator)
     run_dir = Path(run_dir) if run_dir is not None else None
     stored_config = {"fit": asdict(config), "run": run_config or {}}
     stored_json = json.loads(json.dumps(stored_config, default=str))
-    if run_dir is not None:
-        final = run_dir / "final.pt"
-        if final.exists():
-            state = torch.load(final, weights_only=False)
-            _check_config(state["config"], stored_json, final, migrate_config)
-            model.load_state_dict(state["model"])
-            res = state["result"]
-            return FitResult(_trim_history(res["history"], res["stop_epoch"]), res["best_epoch"], res["stop_epoch"],
-                             res["best_val_loss"], res["seconds"], res.get("resumed_from"), loaded=True)
+    args = (model, objective, train_batches, val_batches, config, run_dir, stored_json, migrate_config,
+            on_epoch_end, progress, desc, n_models)
+    if run_dir is None:
+        return _train(*args)
+    final = run_dir / "final.pt"
+    if final.exists():   # finished: loaded (a read-only runs folder will do)
+        _tidy_finished(run_dir)
+        return _load_final(model, final, stored_json, migrate_config)
+    check_writable(run_dir, "run folder")   # before any training: checkpoints go there
+    with run_lock(run_dir):
+        if final.exists():   # another process trained it while this one waited
+            return _load_final(model, final, stored_json, migrate_config)
+        _remove_orphans(run_dir)
+        return _train(*args)
 
+
+def _load_final(model: torch.nn.Module, final: Path, stored_json: dict, migrate_config) -> FitResult:
+    state = torch.load(final, weights_only=False)
+    _check_config(state["config"], stored_json, final, migrate_config)
+    model.load_state_dict(state["model"])
+    res = state["result"]
+    return FitResult(_trim_history(res["history"], res["stop_epoch"]), res["best_epoch"], res["stop_epoch"],
+                     res["best_val_loss"], res["seconds"], res.get("resumed_from"), loaded=True)
+
+
+def _train(model, objective, train_batches, val_batches, config: FitConfig, run_dir: Path | None,
+           stored_json: dict, migrate_config, on_epoch_end, progress, desc: str, n_models: int | None
+           ) -> FitResult:
+    """The body of :func:`fit` (under the run folder's lock when there is one)."""
     opt = make_optimizer(config.optimizer, model.parameters(), config.lr)
     shape = (n_models,) if n_models else ()
     best_loss = torch.full(shape, math.inf)
@@ -205,6 +287,7 @@ def fit(model: torch.nn.Module,
         if ck.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["cuda_rng"])
         resumed_from = ck["epoch"]
+    saved = resumed_from   # epoch (0-based) of the last checkpoint on disk
 
     show = progress if progress is not None else os.environ.get("MIMLIB_PROGRESS", "1") != "0"
     bar = tqdm(range(start_epoch, config.max_epochs), desc=desc, disable=not show,
@@ -238,7 +321,7 @@ def fit(model: torch.nn.Module,
         model.eval()
         val = _validate(model, objective, val_batches, seed=config.seed + 7919)
         if not bool(torch.isfinite(val[active]).all()):
-            raise FloatingPointError(f"non-finite validation loss at epoch {epoch}: {val.tolist()}")
+            raise FloatingPointError(f"non-finite validation loss at epoch {epoch + 1}: {val.tolist()}")
 
         # Early stopping, per model, once the warm-up is over ("last": no stopping, every epoch counts).
         if config.selection == "last":
@@ -272,7 +355,8 @@ def fit(model: torch.nn.Module,
                          "best_epoch": best_epoch, "bad_epochs": bad_epochs, "stop_epoch": stop_epoch,
                          "epoch": epoch, "seconds": seconds, "rng": torch.get_rng_state(),
                          "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                        ckpt_path)
+                        ckpt_path, then=_resume_note(saved, ckpt_path))
+            saved = epoch
     bar.close()
 
     last_epoch = rows[-1]["epoch"] if rows else -1
@@ -287,9 +371,17 @@ def fit(model: torch.nn.Module,
         atomic_save({"config": stored_json, "model": model.state_dict(),
                      "result": {"history": rows, "best_epoch": result.best_epoch, "stop_epoch": result.stop_epoch,
                                 "best_val_loss": result.best_val_loss, "seconds": seconds,
-                                "resumed_from": resumed_from}}, run_dir / "final.pt")
+                                "resumed_from": resumed_from}}, run_dir / "final.pt",
+                    then=_resume_note(saved, ckpt_path))
         ckpt_path.unlink(missing_ok=True)
     return result
+
+
+def _resume_note(saved: int | None, ckpt_path: Path) -> str:
+    """What a re-run does after a failed write, for the message of a full disk."""
+    if saved is None:
+        return "run the same command again: the run starts from the beginning (no checkpoint was written yet)"
+    return f"run the same command again: the run resumes after epoch {saved + 1} from {ckpt_path}"
 
 
 def _tolist(t: torch.Tensor) -> list:

@@ -110,7 +110,7 @@ def test_nan_stops_with_step_and_terms():
     model = MixtureModel2D(4, [0])
     with torch.no_grad():
         model.dec.heads.bias.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match=r"epoch 0, step 0.*enc/log p\(x\|z\)"):
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 1.*enc/log p\(x\|z\)"):
         _fit(model, stream, val, FitConfig(max_epochs=2))
 
 
