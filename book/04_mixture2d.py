@@ -66,7 +66,7 @@ import torch
 from myst_nb import glue
 
 from mimlib import data, metrics, objectives, plots, precision, presets
-from mimlib.book import check_parameters, show_source, write_results
+from mimlib.book import check_parameters, check_writable, show_source, write_results
 from mimlib.mixture2d import run_sweep
 from mimlib.nets import mlp
 from mimlib.published import mixture2d_reference, published
@@ -76,6 +76,10 @@ torch.set_num_threads(max(1, torch.get_num_threads()))
 cfg = presets.resolve("mixture2d", preset, hidden=hidden, seeds=seeds, patience=patience,
                       max_epochs=max_epochs, device=device)
 records_dir = f"{results_dir}/records"   # committed run records (no weights)
+# the learning-rate ablation's config, validated now (not after the sweep has trained), and the results folder
+abl_cfg = (dataclasses.replace(cfg, hidden=(max(cfg.hidden),), objectives=("mim",), lr=ablation_lr)
+           if ablation_lr is not None else None)
+check_writable(results_dir, "results folder")
 settings = {k: v for k, v in vars(cfg).items()}
 print(f"preset: {preset}")
 for k, v in settings.items():
@@ -334,7 +338,6 @@ plt.show()
 
 # %% tags=["NBVAL_IGNORE_OUTPUT"]
 if ablation_lr is not None:
-    abl_cfg = dataclasses.replace(cfg, hidden=(max(cfg.hidden),), objectives=("mim",), lr=ablation_lr)
     abl = run_sweep(abl_cfg, runs_dir=runs_dir, records_dir=records_dir)
     both = pd.concat([res[(res.objective == "mim") & (res.hidden == max(cfg.hidden))].assign(lr=cfg.lr),
                       abl.results.assign(lr=ablation_lr)])

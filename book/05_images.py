@@ -557,4 +557,6 @@ display(Markdown("\n".join(lines)))
 # ours is the unbiased gradient of the sampled half; (f) the reference optimises with "AdamNormGrad",
 # each parameter tensor's gradient divided by its norm before Adam (`optimizer="adam-normgrad"`), ours
 # with plain Adam. Which of these explain MIM's deficit with the VampPrior is for the ablations to show;
-# until they do, this page keeps the runs it has.
+# until they do, this page keeps the runs it has. The first screen (chapter {ref}`ch-ablations`, one
+# seed, 200 steps) changed (a) and (d) together and made MIM's codes worse, not better, at that budget;
+# the single-factor runs are listed there.
