@@ -149,8 +149,10 @@ for init in ("normal", "data"):
 # encoder-sampled MIM term (chapter {ref}`ch-images`) is, per example,
 #
 # $$
-# -\tfrac12\left[\log p_\theta(x|z) + \log p_\theta(z) + \beta\left(\log q_\theta(z|x) + \log \hat q_\theta(x)\right)\right]
-# = -\tfrac{1+\beta}{2}\left[\log p_\theta(x|z) + \log p_\theta(z)\right],
+# \begin{aligned}
+# &-\tfrac12\left[\log p_\theta(x|z) + \log p_\theta(z) + \beta\left(\log q_\theta(z|x) + \log \hat q_\theta(x)\right)\right] \\
+# &\quad = -\tfrac{1+\beta}{2}\left[\log p_\theta(x|z) + \log p_\theta(z)\right],
+# \end{aligned}
 # $$ (eq-abl-rescale)
 #
 # so our $\beta$ only rescales it. The reference weights the top prior by $\beta$ inside it,
