@@ -73,8 +73,10 @@ nll_samples = None
 n_tsne = None        # test points in each t-SNE picture; None: 2,000 (300 for smoke)
 device = None        # "cpu", "cuda" or "auto"
 threads = None       # torch threads; None: leave as is
+precision = None     # "auto", "fp32" or "bf16"; None: the preset's ("auto")
 results_dir = "results"
 runs_dir = "../runs"
+PARAMETERS = dict(globals())   # what a papermill run may set; anything else is refused below
 
 # %% tags=["hide-input"]
 import dataclasses
@@ -88,17 +90,19 @@ from IPython.display import Markdown, display
 from sklearn.manifold import TSNE
 
 from mimlib import image_study, images, objectives as objectives_module, presets
-from mimlib.book import print_run_settings, show_source, write_results
+from mimlib.book import as_list, check_parameters, check_writable, print_run_settings, show_source, write_results
 from mimlib.nets import hvae
 from mimlib.plots import DATASET_NAMES as NAMES, OBJECTIVE_COLORS
 from mimlib.published import published
 
+check_parameters(globals(), PARAMETERS)
 cfg = presets.resolve("images", preset, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
-                      nll_samples=nll_samples, device=device, threads=threads)
-datasets = list(datasets or ["fashion-mnist", "mnist"])
-priors = list(priors or ["standard", "vampprior"])
-objectives = list(objectives or ["mim", "vae"])
-seeds = list(seeds if seeds is not None else [0])
+                      nll_samples=nll_samples, device=device, threads=threads, precision=precision)
+datasets = as_list(datasets, "datasets", str, ["fashion-mnist", "mnist"])
+priors = as_list(priors, "priors", str, ["standard", "vampprior"])
+objectives = as_list(objectives, "objectives", str, ["mim", "vae"])
+seeds = as_list(seeds, "seeds", int, [0])
+check_writable(results_dir, "results folder")
 n_tsne = n_tsne or (300 if preset == "smoke" else 2000)
 if cfg.threads:
     torch.set_num_threads(cfg.threads)

@@ -75,8 +75,10 @@ nll_samples = None
 n_show = 10          # images per row of Figs. 4-5 (one test image per class for the first 10)
 device = None        # "cpu", "cuda" or "auto"
 threads = None       # torch threads; None: leave as is
+precision = None     # "auto", "fp32" or "bf16"; None: the preset's ("auto")
 results_dir = "results"
 runs_dir = "../runs"
+PARAMETERS = dict(globals())   # what a papermill run may set; anything else is refused below
 
 # %% tags=["hide-input"]
 import dataclasses
@@ -90,15 +92,17 @@ import torch
 from IPython.display import Markdown, display
 
 from mimlib import image_study, objectives as objectives_module, presets
-from mimlib.book import print_run_settings, show_source, write_results
+from mimlib.book import as_list, check_parameters, check_writable, print_run_settings, show_source, write_results
 from mimlib.nets import pixelhvae
 from mimlib.plots import DATASET_NAMES as NAMES, OBJECTIVE_COLORS, OBJECTIVE_NAMES
 
+check_parameters(globals(), PARAMETERS)
 cfg = presets.resolve("pixelhvae", preset, max_epochs=max_epochs, steps_per_epoch=steps_per_epoch,
-                      nll_samples=nll_samples, device=device, threads=threads)
-datasets = list(datasets or ["fashion-mnist", "mnist"])
-objectives = list(objectives or ["vae", "amim"])
-seeds = list(seeds if seeds is not None else [0])
+                      nll_samples=nll_samples, device=device, threads=threads, precision=precision)
+datasets = as_list(datasets, "datasets", str, ["fashion-mnist", "mnist"])
+objectives = as_list(objectives, "objectives", str, ["vae", "amim"])
+seeds = as_list(seeds, "seeds", int, [0])
+check_writable(results_dir, "results folder")
 if cfg.threads:
     torch.set_num_threads(cfg.threads)
 

@@ -13,7 +13,7 @@ import pandas as pd
 from .atomic import check_writable, remove_orphans, write_atomic
 
 __all__ = ["show_source", "print_table", "write_results", "print_run_settings", "check_parameters",
-           "check_writable"]
+           "check_writable", "as_list"]
 
 #: Names IPython puts in a notebook's namespace (never parameters).
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
@@ -133,3 +133,33 @@ def check_parameters(namespace: dict, parameters: dict) -> None:
     if unknown:
         valid = sorted(k for k in known - _IPYTHON_NAMES - {"PARAMETERS"} if not k.startswith("_"))
         raise NameError(f"unknown parameter(s) {unknown}; this notebook's parameters are {valid}")
+
+
+def as_list(value, name: str, item_type: type, default: list | None = None) -> list:
+    """A list parameter of a chapter (papermill ``-y "datasets: [mnist]"``), checked before anything runs.
+
+    ``None`` gives ``default``; a bare item (``"mnist"``, ``0``) is taken as a one-element list; a list or
+    tuple must hold ``item_type`` items and must not be empty. Anything else raises ``TypeError`` (or
+    ``ValueError`` for an empty list) naming the parameter, what it got, and what it expects, so that
+    ``datasets="mnist"`` does not become ``["m", "n", ...]`` and ``seeds="0,1"`` does not fail deep inside.
+    """
+    def ok(v) -> bool:
+        return isinstance(v, item_type) and not (item_type is int and isinstance(v, bool))
+
+    example = '["mnist"]' if item_type is str else "[0, 1]"
+    if value is None:
+        if default is None:
+            raise ValueError(f"{name}: no value and no default")
+        return list(default)
+    if ok(value):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name}: expected a list of {item_type.__name__} (e.g. {example}), "
+                        f"got {value!r} ({type(value).__name__})")
+    bad = [v for v in value if not ok(v)]
+    if bad:
+        raise TypeError(f"{name}: expected a list of {item_type.__name__} (e.g. {example}), "
+                        f"got {list(value)!r}, whose item {bad[0]!r} is a {type(bad[0]).__name__}")
+    if not value:
+        raise ValueError(f"{name}: the list is empty; give at least one value (e.g. {example}) or None for the default")
+    return list(value)

@@ -35,7 +35,7 @@ from mimlib import atomic, presets
 from mimlib import image_study as S
 from mimlib import images as I
 from mimlib import mixture2d as M
-from mimlib.book import check_parameters, write_results
+from mimlib.book import as_list, check_parameters, write_results
 from mimlib.data import MixtureStream, split_batches
 from mimlib.nets.mlp import MixtureModel2D
 from mimlib.objectives import get_objective
@@ -252,6 +252,12 @@ CATALOGUE = {
         lambda t: lambda: check_parameters({"hidden": None, "hiden": [5], "PARAMETERS": {}},
                                            {"hidden": None, "seeds": None}),
         NameError, r"unknown parameter\(s\) \['hiden'\]; this notebook's parameters are \['hidden', 'seeds'\]"),
+    "papermill: seeds as a string": (lambda t: lambda: as_list("0,1", "seeds", int, [0]), TypeError,
+                                     r"seeds: expected a list of int \(e\.g\. \[0, 1\]\), got '0,1' \(str\)"),
+    "papermill: seeds with a float": (lambda t: lambda: as_list([0, 1.5], "seeds", int, [0]), TypeError,
+                                      r"seeds: .*whose item 1\.5 is a float"),
+    "papermill: datasets=[]": (lambda t: lambda: as_list([], "datasets", str, ["mnist"]), ValueError,
+                               r"datasets: the list is empty"),
     "presets: unknown preset": (lambda t: lambda: presets.resolve("mixture2d", "fast"), ValueError,
                                 r"unknown preset 'fast'"),
     # --- data files --------------------------------------------------------------------------------------
@@ -573,3 +579,15 @@ def test_orphans_of_killed_writers_are_removed_on_the_next_start(tmp_path):
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     write_record(tmp_path / "records", rec)
     assert not old.exists() and young.exists()
+
+
+def test_a_bare_chapter_parameter_is_a_one_element_list():
+    """``-p datasets mnist`` means ["mnist"] (not ["m", "n", ...]); None gives the default, a copy."""
+    default = ["fashion-mnist", "mnist"]
+    assert as_list("mnist", "datasets", str, default) == ["mnist"]
+    assert as_list(3, "seeds", int, [0]) == [3]
+    assert as_list((0, 2), "seeds", int, [0]) == [0, 2]
+    got = as_list(None, "datasets", str, default)
+    assert got == default and got is not default
+    with pytest.raises(TypeError, match="seeds: expected a list of int"):
+        as_list(True, "seeds", int, [0])
