@@ -42,6 +42,12 @@
 # Groups being trained are kept in `runs_dir` (one folder per objective, width and configuration, with
 # a checkpoint after every epoch), so an interrupted run resumes.
 
+# %% tags=["remove-input"]
+# What re-running this chapter costs, from measured times only (mimlib.costs; benchmarks/time_chapters.py)
+from mimlib.costs import rerun_box
+
+rerun_box("04_mixture2d")
+
 # %% tags=["parameters"]
 preset = "book"
 hidden = None        # e.g. [5, 20, 500]; None keeps the preset's widths

@@ -61,6 +61,12 @@
 # Re-running the same command continues from the last checkpoint; this chapter then loads the
 # finished runs. `make runs-images DATASET=mnist` runs all of a dataset's book runs this way, two at a time.
 
+# %% tags=["remove-input"]
+# What re-running this chapter costs, from measured times only (mimlib.costs; benchmarks/time_chapters.py)
+from mimlib.costs import rerun_box
+
+rerun_box("05_images")
+
 # %% tags=["parameters"]
 preset = "book"
 datasets = None      # e.g. ["mnist"]; None: both

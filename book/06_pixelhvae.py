@@ -64,6 +64,12 @@
 # Re-running the same command continues from the last checkpoint; this chapter then loads the
 # finished runs. `make runs-pixelhvae DATASET=mnist` runs all of a dataset's book runs this way, two at a time.
 
+# %% tags=["remove-input"]
+# What re-running this chapter costs, from measured times only (mimlib.costs; benchmarks/time_chapters.py)
+from mimlib.costs import rerun_box
+
+rerun_box("06_pixelhvae")
+
 # %% tags=["parameters"]
 preset = "book"
 datasets = None      # e.g. ["mnist"]; None: both

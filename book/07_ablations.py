@@ -42,6 +42,12 @@
 # .venv/bin/papermill -k python3 --cwd book book/07_ablations.ipynb /tmp/out.ipynb -p preset screen
 # ```
 
+# %% tags=["remove-input"]
+# What re-running this chapter costs, from measured times only (mimlib.costs; benchmarks/time_chapters.py)
+from mimlib.costs import rerun_box
+
+rerun_box("07_ablations")
+
 # %% tags=["parameters"]
 preset = "screen"     # "screen" (the committed runs) or "smoke" (CI)
 variants = None       # labels of the variants to show (None: every variant of the screen)
