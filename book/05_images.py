@@ -30,8 +30,9 @@
 # Fig. 2, and adds what the paper does not report: the importance-sampled test NLL, the
 # reconstruction term, the number of active latent units, and learning curves.
 #
-# :::{important} Which run produced the outputs on this page
-# The first code cell below prints the preset that produced every stored output of this page.
+# :::{admonition} Which run produced the outputs on this page
+# :class: important
+# The settings cell after the parameters prints the preset that produced every stored output of this page.
 # With `smoke` (the continuous-integration check: a few optimiser steps on 500 training images),
 # the numbers, tables and pictures only show that the chapter runs end to end; **they are not
 # results and say nothing about MIM or the VAE**. Only the `book` preset (the schedule described

@@ -31,8 +31,9 @@
 # model). It adds what the paper does not report: a table of the importance-sampled test NLL, the
 # reconstruction term and the 5-NN accuracy of the latent code for both models.
 #
-# :::{important} Which run produced the outputs on this page
-# The first code cell below prints the preset that produced every stored output of this page.
+# :::{admonition} Which run produced the outputs on this page
+# :class: important
+# The settings cell after the parameters prints the preset that produced every stored output of this page.
 # With `smoke` (the continuous-integration check: a few optimiser steps on 300 training images),
 # the numbers, tables and pictures only show that the chapter runs end to end; **they are not
 # results and say nothing about A-MIM or the VAE**. Only the `book` preset (the schedule described

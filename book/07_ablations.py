@@ -28,8 +28,9 @@
 # model, equal for all of a model's variants, and reads off which of them move the two failures. It is
 # a *screen*: one seed, 200 (convHVAE) or 500 (PixelHVAE) optimiser steps per run. What it settles, and what it leaves for longer runs, is stated at the end.
 #
-# :::{important} Which run produced the outputs on this page
-# The first code cell prints the preset. `screen` is the committed screening budget (below);
+# :::{admonition} Which run produced the outputs on this page
+# :class: important
+# The settings cell after the parameters prints the preset. `screen` is the committed screening budget (below);
 # `smoke` (continuous integration) trains each variant for a few steps on a few hundred images, and
 # its numbers say nothing about the factors.
 # :::
