@@ -58,7 +58,7 @@ results_dir = "results"
 runs_dir = "../runs"
 PARAMETERS = dict(globals())
 
-# %%
+# %% tags=["hide-input"]
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -68,29 +68,18 @@ import torch
 from IPython.display import Markdown, display
 
 from mimlib import ablations, image_study, objectives, precision
-from mimlib.book import check_parameters, check_writable, print_run_settings, show_source, write_results
+from mimlib.book import as_list, check_parameters, check_writable, print_run_settings, show_source, write_results
 from mimlib.nets import hvae
 from mimlib.plots import plot_tsne_panels, plot_variant_curves
 
 check_parameters(globals(), PARAMETERS)
 records_dir = f"{results_dir}/records"   # the committed run records (no weights)
 check_writable(results_dir, "results folder")
-seeds = list(seeds if seeds is not None else [0])
-# smoke: 100 pseudo-inputs (the PixelHVAE smoke preset trains on 300 images, fewer than 500) and a small t-SNE
-smoke = dict(n_pseudo=100) if preset == "smoke" else {}
+seeds = as_list(seeds, "seeds", int, [0])
+smoke = ablations.SMOKE_OVERRIDES if preset == "smoke" else {}
 n_tsne = 200 if preset == "smoke" else 1_000
-chosen = [v for v in ablations.SCREEN if variants is None or v.label in variants]
-if variants is not None and len(chosen) != len(variants):
-    raise ValueError(f"unknown variant(s) {sorted(set(variants) - {v.label for v in chosen})}; "
-                     f"valid: {[v.label for v in ablations.SCREEN]}")
-if preset == "smoke" and variants is None:   # CI: the corners of each 2 x 2 and one VAE (every code path, 5 runs)
-    chosen = [v for v in chosen if len(v.changes) in (0, 2)]
-if train_missing is None:
-    train_missing = preset == "smoke"
-if not train_missing:   # show what has been run; list the rest with the commands that run them
-    chosen, missing = ablations.recorded(chosen, records_dir, preset, **smoke)
-else:
-    missing = []
+labels = None if variants is None else as_list(variants, "variants", str)
+chosen, missing = ablations.choose(labels, preset, records_dir, train_missing, **smoke)
 print_run_settings(preset, ablations.config_of(chosen[0], preset, **smoke),
                    skip=("model", "dataset", "prior", "objective", "seed", *ablations.FACTORS), train_images="300-500")
 print(f"\nthis execution: {precision.describe()}")

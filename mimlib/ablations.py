@@ -27,7 +27,7 @@ from . import image_study, presets
 from .nets.hvae import LOGVAR_MIN
 from .records import read_evaluation, read_record
 
-__all__ = ["Variant", "FACTORS", "SCREEN", "config_of", "command", "run_variants", "recorded", "contrasts", "effects", "rate", "log_prior",
+__all__ = ["Variant", "FACTORS", "SCREEN", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
            "log_prior_ceiling"]
 
 #: The options a variant may change, with their book (``screen`` preset) defaults.
@@ -140,6 +140,31 @@ def recorded(variants: list[Variant], records_dir, preset: str = "screen", **ove
                                                  cfg.eval_key()) is not None
         (have if ok else missing).append(v)
     return have, missing
+
+
+#: What the smoke preset changes besides its own settings: 100 pseudo-inputs (the PixelHVAE smoke preset
+#: trains on 300 images, fewer than the 500 that ``pseudo_init="data"`` starts from).
+SMOKE_OVERRIDES: dict[str, Any] = dict(n_pseudo=100)
+
+
+def choose(labels: list[str] | None, preset: str, records_dir, train_missing: bool | None = None,
+           **overrides: Any) -> tuple[list[Variant], list[Variant]]:
+    """Chapter 07's variants: (those to show, those left out for want of a run record).
+
+    ``labels``: :attr:`Variant.label` of the variants wanted (None: all of :data:`SCREEN`; an unknown
+    label raises ``ValueError`` listing the valid ones). With the smoke preset and no labels, only the
+    corners of each 2 x 2 and one VAE (every code path in 5 runs). ``train_missing`` (None: only with
+    the smoke preset) keeps variants without a record, to be trained; otherwise they are returned as
+    missing, for the chapter to list with the commands that run them."""
+    chosen = [v for v in SCREEN if labels is None or v.label in labels]
+    if labels is not None and len(chosen) != len(labels):
+        raise ValueError(f"unknown variant(s) {sorted(set(labels) - {v.label for v in chosen})}; "
+                         f"valid: {[v.label for v in SCREEN]}")
+    if preset == "smoke" and labels is None:
+        chosen = [v for v in chosen if len(v.changes) in (0, 2)]
+    if train_missing is None:
+        train_missing = preset == "smoke"
+    return (chosen, []) if train_missing else recorded(chosen, records_dir, preset, **overrides)
 
 
 def contrasts(results: pd.DataFrame, factors: tuple[str, ...], metrics: list[str]

@@ -125,3 +125,15 @@ def test_contrasts_give_effects_for_a_full_factorial_and_joint_differences_other
 def test_recorded_splits_variants_by_their_records(tmp_path):
     have, missing = A.recorded(A.SCREEN, tmp_path)
     assert have == [] and missing == A.SCREEN
+
+
+def test_choose_validates_labels_and_picks_the_smoke_corners(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown variant\(s\) \['MIM typo'\]; valid: \["):
+        A.choose(["MIM typo"], "screen", tmp_path)
+    corners, missing = A.choose(None, "smoke", tmp_path, **A.SMOKE_OVERRIDES)
+    assert missing == [] and len(corners) == 5 and all(len(v.changes) in (0, 2) for v in corners)
+    # without records and without training: everything is missing, nothing is shown
+    shown, missing = A.choose(None, "screen", tmp_path)
+    assert shown == [] and missing == A.SCREEN
+    one = A.SCREEN[1].label
+    assert A.choose([one], "screen", tmp_path, train_missing=True) == ([A.SCREEN[1]], [])
