@@ -1,4 +1,4 @@
-"""Evaluation: KSG mutual information, k-NN accuracy, NLL and reconstruction.
+"""Evaluation: KSG mutual information, k-NN accuracy, NLL, reconstruction and active units.
 
 Every function takes a model with the interface of :mod:`mimlib.objectives`
 (for the batched 2-D models, tensors carry a leading model dimension and the
@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
-from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neighbors import NearestNeighbors
 
 from .distributions import draw
 
-__all__ = ["ksg_mi", "knn_accuracy", "nll_importance", "nll_single_sample",
-           "reconstruction_error", "gaussian_mi"]
+__all__ = ["ksg_mi", "knn_accuracy", "knn_accuracies", "nll_importance", "nll_single_sample",
+           "reconstruction_error", "gaussian_mi", "active_units"]
 
 
 def ksg_mi(x: np.ndarray, z: np.ndarray, k: int = 5) -> float:
@@ -64,10 +64,46 @@ def gaussian_mi(cov: np.ndarray, dx: int) -> float:
 
 def knn_accuracy(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
                  y_test: np.ndarray, k: int = 5) -> float:
-    """Test accuracy of a k-NN classifier (scikit-learn, Euclidean) fit on (z_train, y_train)."""
-    clf = KNeighborsClassifier(n_neighbors=k)
-    clf.fit(np.asarray(z_train), np.asarray(y_train))
-    return float(clf.score(np.asarray(z_test), np.asarray(y_test)))
+    """Test accuracy of a k-NN classifier (Euclidean, uniform votes) fit on (z_train, y_train):
+    :func:`knn_accuracies` for one k."""
+    return knn_accuracies(z_train, y_train, z_test, y_test, (k,))[k]
+
+
+def knn_accuracies(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray,
+                   ks: tuple[int, ...] = (1, 3, 5, 10)) -> dict[int, float]:
+    """Test accuracy of k-NN classifiers (Euclidean, uniform votes) for every k, from one neighbour search.
+
+    The classifier of scikit-learn's ``KNeighborsClassifier`` (uniform weights; a tied vote goes to the
+    smallest label), computed once for the largest k: the k nearest training points of each test
+    point (scikit-learn's ``NearestNeighbors``, in float32) vote for its label.
+    """
+    z_train, z_test = np.asarray(z_train, dtype=np.float32), np.asarray(z_test, dtype=np.float32)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    classes, y_idx = np.unique(y_train, return_inverse=True)
+    kmax = max(ks)
+    if kmax > len(z_train):
+        raise ValueError(f"k = {kmax} exceeds the {len(z_train)} training points")
+    nn = NearestNeighbors(n_neighbors=kmax).fit(z_train)
+    idx = nn.kneighbors(z_test, return_distance=False)       # (n_test, kmax), nearest first
+    labels = y_idx[idx]
+    out = {}
+    for k in ks:
+        votes = np.zeros((len(z_test), len(classes)), dtype=np.int64)
+        np.add.at(votes, (np.arange(len(z_test))[:, None], labels[:, :k]), 1)
+        pred = classes[votes.argmax(1)]
+        out[k] = float((pred == y_test).mean())
+    return out
+
+
+def active_units(means: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    """Burda et al. (2016): unit d is active if Cov_x(E_q[z_d|x]) > threshold.
+
+    ``means``: (N, D) posterior means over N data points. Returns a boolean (D,) mask.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    if means.ndim != 2 or len(means) < 2:
+        raise ValueError(f"need an (N >= 2, D) array of posterior means, got shape {means.shape}")
+    return means.var(axis=0, ddof=1) > threshold
 
 
 @torch.no_grad()

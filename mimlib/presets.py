@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .image_study import ImageStudyConfig
+from .image_config import ImageStudyConfig
 from .mixture2d import Mixture2DConfig
 
 __all__ = ["PRESETS", "resolve"]

@@ -12,6 +12,7 @@ import torch
 
 from conftest import SHARED_DATA
 from mimlib import ablations as A
+from mimlib import image_cli
 from mimlib import image_study as S
 from mimlib.nets.hvae import LOGVAR_MIN
 
@@ -25,7 +26,7 @@ def test_screen_variants_are_distinct_runs_and_their_commands_give_the_same_conf
         assert (cfg.dataset, cfg.prior, cfg.model, cfg.objective) == ("mnist", "vampprior", v.model, v.objective)
         for k, val in v.settings.items():
             assert getattr(cfg, k) == val
-        parsed, _ = S.parse_command_line(A.command(v).split()[3:])   # after "python -m mimlib.image_study"
+        parsed, _ = image_cli.parse_command_line(A.command(v).split()[3:])   # after "python -m mimlib.image_study"
         assert parsed == cfg and S.run_name(parsed) == S.run_name(cfg)
         names.add(S.run_name(cfg))
     assert len(names) == len(A.SCREEN)   # every factor is part of the run's identity
@@ -42,8 +43,8 @@ def test_variant_rejects_unknown_factors_and_models():
 
 def test_records_dir_with_no_eval_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
-        S.parse_command_line(["--dataset", "mnist", "--prior", "vampprior", "--objective", "mim",
-                              "--records-dir", "x", "--no-eval"])
+        image_cli.parse_command_line(["--dataset", "mnist", "--prior", "vampprior", "--objective", "mim",
+                                      "--records-dir", "x", "--no-eval"])
     assert e.value.code == 2 and "drop --no-eval" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mimlib import image_cli
 from mimlib import image_study as S
 from mimlib import presets
 from mimlib.nets.hvae import ConvHVAE
@@ -146,13 +147,13 @@ def test_cli_resolves_pixelhvae(monkeypatch, tmp_path):
 
     monkeypatch.setattr(S, "train_model", fake_train)
     with pytest.raises(SystemExit):
-        S.main(["--model", "pixelhvae", "--preset", "smoke", "--dataset", "mnist", "--objective", "amim",
+        image_cli.main(["--model", "pixelhvae", "--preset", "smoke", "--dataset", "mnist", "--objective", "amim",
                 "--runs-dir", str(tmp_path)])
     cfg = seen["cfg"]
     assert (cfg.model, cfg.prior, cfg.objective, cfg.preset) == ("pixelhvae", "vampprior", "amim", "smoke")
     seen.clear()
     with pytest.raises(SystemExit) as err:   # the convHVAE still needs --prior: an argparse error, no training
-        S.main(["--preset", "smoke", "--dataset", "mnist", "--objective", "vae"])
+        image_cli.main(["--preset", "smoke", "--dataset", "mnist", "--objective", "vae"])
     assert err.value.code == 2 and not seen
 
 
@@ -165,12 +166,12 @@ def test_cli_set_repeats_and_overrides_named_flags(monkeypatch):
         raise SystemExit(0)
     monkeypatch.setattr(S, "train_model", fake_train)
     with pytest.raises(SystemExit):
-        S.main(["--preset", "smoke", "--dataset", "mnist", "--prior", "standard", "--objective", "vae",
+        image_cli.main(["--preset", "smoke", "--dataset", "mnist", "--prior", "standard", "--objective", "vae",
                 "--set", "lr=0.01", "--set", "max_epochs=1", "seed=3"])
     cfg = seen["cfg"]
     assert (cfg.lr, cfg.max_epochs, cfg.seed) == (0.01, 1, 3)
     for bad in (["--set", "lr=1", "--set", "lr=2"], ["--seed", "2", "--set", "seed=3"], ["--set", "lr"],
                 ["--set", "hiden=5"]):
         with pytest.raises(SystemExit) as e:
-            S.main(["--preset", "smoke", "--dataset", "mnist", "--prior", "standard", "--objective", "vae", *bad])
+            image_cli.main(["--preset", "smoke", "--dataset", "mnist", "--prior", "standard", "--objective", "vae", *bad])
         assert e.value.code == 2, bad

@@ -32,6 +32,7 @@ import pytest
 import torch
 
 from mimlib import atomic, presets
+from mimlib import image_cli
 from mimlib import image_study as S
 from mimlib import images as I
 from mimlib import mixture2d as M
@@ -72,7 +73,7 @@ def cli(argv: list[str]):
     buf = io.StringIO()
     try:
         with contextlib.redirect_stderr(buf):
-            return S.parse_command_line(argv)
+            return image_cli.parse_command_line(argv)
     except SystemExit as e:
         assert e.code == 2
         raise CLIError(buf.getvalue()) from None
@@ -156,7 +157,7 @@ CATALOGUE = {
     "cli: --set nll_samples=0": (lambda t: lambda: cli(BASE + ["--set", "nll_samples=0"]), CLIError,
                                  r"nll_samples must be >= 1, got 0"),
     "cli: --set n_knn_train=3 (k > k-NN set)": (
-        lambda t: _call(S.main, BASE + ["--runs-dir", str(t / "runs"), "--set", "n_knn_train=3"]), ValueError,
+        lambda t: _call(image_cli.main, BASE + ["--runs-dir", str(t / "runs"), "--set", "n_knn_train=3"]), ValueError,
         r"knn_ks .*k = 10 exceeds the 3 training images"),
     "cli: --set hiden=5 (unknown)": (lambda t: lambda: cli(BASE + ["--set", "hiden=5"]), CLIError,
                                      r"unknown setting\(s\) \['hiden'\]"),
@@ -168,10 +169,10 @@ CATALOGUE = {
                         r"--seed: invalid int value: 'abc'"),
     "cli: --threads 0": (lambda t: lambda: cli(BASE + ["--threads", "0"]), CLIError,
                          r"threads must be None or >= 1, got 0"),
-    "cli: --runs-dir not writable": (lambda t: _call(S.main, BASE + ["--runs-dir", str(_file(t) / "runs")]),
+    "cli: --runs-dir not writable": (lambda t: _call(image_cli.main, BASE + ["--runs-dir", str(_file(t) / "runs")]),
                                      NotADirectoryError, r"runs folder .*a-file/runs is not writable"),
     "cli: --records-dir not writable": (
-        lambda t: _call(S.main, BASE + ["--runs-dir", str(t / "runs"), "--records-dir", str(_file(t) / "rec")]),
+        lambda t: _call(image_cli.main, BASE + ["--runs-dir", str(t / "runs"), "--records-dir", str(_file(t) / "rec")]),
         NotADirectoryError, r"records folder .*a-file/rec/images is not writable"),
     # --- library: configs --------------------------------------------------------------------------------
     "2-D seeds='01'": (lambda t: lambda: tiny_2d(seeds="01"), TypeError,

@@ -15,6 +15,7 @@ import torch
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
 
+from mimlib import image_cli  # noqa: E402
 from mimlib import image_study as S  # noqa: E402
 from mimlib import presets, sweep  # noqa: E402
 
@@ -95,8 +96,8 @@ def test_expand_resolves_presets_and_orders_longest_first():
     pixel = sweep.expand("pixelhvae", "book", {"objective": ["vae"]})[0]
     assert pixel.cost > max(r.cost for r in runs)
     # the book runs of the Makefile are the runs of the one-run command line (same names: same folders)
-    cfg, _ = S.parse_command_line(["--preset", "book", "--dataset", "mnist", "--prior", "vampprior",
-                                   "--objective", "mim", "--threads", "1"])
+    cfg, _ = image_cli.parse_command_line(["--preset", "book", "--dataset", "mnist", "--prior", "vampprior",
+                                           "--objective", "mim", "--threads", "1"])
     assert S.run_name(cfg) == runs[2].name and runs[2].point == {"dataset": "mnist", "prior": "vampprior", "objective": "mim"}
     # 2-D study: one run per (objective, width) group, named as run_sweep names it
     groups = sweep.expand("mixture2d", "smoke", {"hidden": [5, 20]})
