@@ -248,10 +248,8 @@ for model, r in res.groupby("model", sort=False):
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
 metrics = ["knn5", "knn5_mean", "active_z1", "active_z2", "rate"]
-for model, objective, factors in (("pixelhvae", "amim", ("pseudo_init", "mim_warmup")),
-                                  ("convhvae", "mim", ("pseudo_init", "mim_decoder_z")),
-                                  ("convhvae", "vae", ("pseudo_init",))):
-    part = res[(res.model == model) & (res.objective == objective)]
+for model, objective, factors in ablations.ANALYSES:
+    part = ablations.at_book_levels(res, model, objective, factors)
     for title, table_ in ablations.contrasts(part, factors, metrics) if len(part) > 1 else []:
         print(f"{model} {objective.upper()}, {title}:\n{table_.round(2).to_string()}\n")
 

@@ -27,7 +27,7 @@ from . import image_study, presets
 from .nets.hvae import LOGVAR_MIN
 from .records import read_evaluation, read_record
 
-__all__ = ["Variant", "FACTORS", "SCREEN", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
+__all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
            "log_prior_ceiling"]
 
 #: The options a variant may change, with their book (``screen`` preset) defaults.
@@ -78,6 +78,31 @@ SCREEN: list[Variant] = [
     *_grid("convhvae", "mim", pseudo_init=("normal", "data"), mim_decoder_z=("anchor", "prior")),
     *_grid("convhvae", "vae", pseudo_init=("normal", "data")),
 ]
+
+#: Single-factor follow-ups the screen called for (each against its model's book levels): A-MIM collapsed
+#: under all of the screen's levels, so the reference's optimiser, AdamNormGrad, is tried alone.
+FOLLOW_UP: list[Variant] = [Variant("pixelhvae", "amim", {"optimizer": "adam-normgrad"})]
+
+#: Every variant of chapter 07, in the order it shows them.
+VARIANTS: list[Variant] = [*SCREEN, *FOLLOW_UP]
+
+#: The chapter's analyses: (model, objective, factors varied), each read at the book levels of the others.
+ANALYSES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("pixelhvae", "amim", ("pseudo_init", "mim_warmup")),
+    ("pixelhvae", "amim", ("optimizer",)),
+    ("convhvae", "mim", ("pseudo_init", "mim_decoder_z")),
+    ("convhvae", "vae", ("pseudo_init",)),
+]
+
+
+def at_book_levels(results: pd.DataFrame, model: str, objective: str, factors: tuple[str, ...]) -> pd.DataFrame:
+    """The rows of ``model`` / ``objective`` whose factors other than ``factors`` sit at the book's levels
+    (so a follow-up that changes one more factor is not pooled into a 2 x 2 cell)."""
+    rows = results[(results.model == model) & (results.objective == objective)]
+    for f, level in FACTORS.items():
+        if f not in factors and f in rows:
+            rows = rows[rows[f] == level]
+    return rows
 
 
 def config_of(variant: Variant, preset: str = "screen", **overrides: Any) -> image_study.ImageStudyConfig:
@@ -151,15 +176,15 @@ def choose(labels: list[str] | None, preset: str, records_dir, train_missing: bo
            **overrides: Any) -> tuple[list[Variant], list[Variant]]:
     """Chapter 07's variants: (those to show, those left out for want of a run record).
 
-    ``labels``: :attr:`Variant.label` of the variants wanted (None: all of :data:`SCREEN`; an unknown
+    ``labels``: :attr:`Variant.label` of the variants wanted (None: all of :data:`VARIANTS`; an unknown
     label raises ``ValueError`` listing the valid ones). With the smoke preset and no labels, only the
     corners of each 2 x 2 and one VAE (every code path in 5 runs). ``train_missing`` (None: only with
     the smoke preset) keeps variants without a record, to be trained; otherwise they are returned as
     missing, for the chapter to list with the commands that run them."""
-    chosen = [v for v in SCREEN if labels is None or v.label in labels]
+    chosen = [v for v in VARIANTS if labels is None or v.label in labels]
     if labels is not None and len(chosen) != len(labels):
         raise ValueError(f"unknown variant(s) {sorted(set(labels) - {v.label for v in chosen})}; "
-                         f"valid: {[v.label for v in SCREEN]}")
+                         f"valid: {[v.label for v in VARIANTS]}")
     if preset == "smoke" and labels is None:
         chosen = [v for v in chosen if len(v.changes) in (0, 2)]
     if train_missing is None:

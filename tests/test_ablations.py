@@ -135,6 +135,15 @@ def test_choose_validates_labels_and_picks_the_smoke_corners(tmp_path):
     assert missing == [] and len(corners) == 5 and all(len(v.changes) in (0, 2) for v in corners)
     # without records and without training: everything is missing, nothing is shown
     shown, missing = A.choose(None, "screen", tmp_path)
-    assert shown == [] and missing == A.SCREEN
+    assert shown == [] and missing == A.VARIANTS
     one = A.SCREEN[1].label
     assert A.choose([one], "screen", tmp_path, train_missing=True) == ([A.SCREEN[1]], [])
+
+
+def test_a_follow_up_is_not_pooled_into_the_2x2_cells():
+    base = dict(model="pixelhvae", objective="amim", **A.FACTORS)
+    rows = pd.DataFrame([base, {**base, "pseudo_init": "data"}, {**base, "optimizer": "adam-normgrad"}])
+    assert len(A.at_book_levels(rows, "pixelhvae", "amim", ("pseudo_init", "mim_warmup"))) == 2
+    single = A.at_book_levels(rows, "pixelhvae", "amim", ("optimizer",))
+    assert sorted(single.optimizer) == ["adam", "adam-normgrad"]
+    assert A.at_book_levels(rows, "convhvae", "mim", ("pseudo_init",)).empty
