@@ -43,7 +43,7 @@ book: venv
 test: unit smoke nbval book-strict browser-check
 
 unit: venv
-	$(BIN)/pytest tests -q
+	$(BIN)/pytest tests -q -n auto
 
 # Every chapter, executed from its .py source with the fast preset; outputs go to _build/smoke.
 smoke: venv

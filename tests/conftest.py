@@ -7,6 +7,8 @@ import torch
 from mimlib.images import load_binarized
 
 os.environ.setdefault("MIMLIB_PROGRESS", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):   # `make unit` runs one worker per core: one torch thread each
+    torch.set_num_threads(1)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
