@@ -642,14 +642,14 @@ display(Markdown("\n".join(lines)))
 # approaches its ceiling, so the "best" epoch is the most collapsed one.
 #
 # **What the ablations found so far** (chapter {ref}`ch-ablations`, a one-seed screen of 500 steps with
-# the last epoch kept): with the reference's pseudo-input initialisation and warm-up placement together,
-# A-MIM collapses exactly as with ours, at the same epoch; the two initialisations even give the same
+# the last epoch kept): A-MIM collapses exactly as with our settings under the reference's warm-up
+# placement, alone or with its pseudo-input initialisation; the two initialisations even give the same
 # prior at the start, since an untrained encoder (the convHVAE's, which the PixelHVAE shares) maps every
-# input to nearly the same code. So the first
-# two differences above do not explain the collapse, and the "one Gaussian to collapse onto" argument
-# applies to both. AdamNormGrad, the length of the warm-up and a second seed are still to be tested;
-# until they are, the explanation of this section stays a hypothesis about A-MIM's objective, not a
-# finding.
+# input to nearly the same code. The reference's optimiser, AdamNormGrad, delays the collapse by two
+# epochs and keeps more rate, but does not prevent it within one pass. So none of the three reference
+# choices tried explains the collapse on its own at this budget; a longer run with AdamNormGrad and a
+# long warm-up, and a second seed, are still to come. Until then, the explanation of this section stays
+# a hypothesis about A-MIM's objective, not a finding.
 #
 # **Differences from the paper that could move the pictures and numbers**: (i) the `book` schedule is
 # 3,500 steps per model against up to 1,000,000 with early stopping in the paper, so neither model has
