@@ -122,14 +122,25 @@ def check_parameters(namespace: dict, parameters: dict) -> None:
     The parameters cell ends with ``PARAMETERS = dict(globals())``; papermill injects its values in
     the cell after it, so a misspelt name (``-p hiden 5``) would otherwise run the whole chapter on the
     preset's values. Call ``check_parameters(globals(), PARAMETERS)`` in the next cell, before it assigns
-    anything (imports may come first: modules, functions and classes are not parameters): any new public
-    data name raises ``NameError`` naming it and listing the valid ones.
+    anything (imports may come first: modules, functions, classes and containers imported from
+    ``mimlib`` are not parameters): any new public data name raises ``NameError`` naming it and listing
+    the valid ones.
     """
+    import sys
     import types
+
+    def imported(v) -> bool:
+        """A container that is an attribute of a loaded mimlib module (``from mimlib.plots import
+        DATASET_NAMES as NAMES``): imported, not injected (papermill's values are fresh objects)."""
+        if not isinstance(v, (dict, list, tuple, set, frozenset)):
+            return False
+        return any(any(a is v for a in vars(m).values())
+                   for n, m in list(sys.modules.items()) if (n == "mimlib" or n.startswith("mimlib.")) and m)
 
     known = set(parameters) | {"PARAMETERS"}
     unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in known
-                     and k not in _IPYTHON_NAMES and not isinstance(v, types.ModuleType) and not callable(v))
+                     and k not in _IPYTHON_NAMES and not isinstance(v, types.ModuleType) and not callable(v)
+                     and not imported(v))
     if unknown:
         valid = sorted(k for k in known - _IPYTHON_NAMES - {"PARAMETERS"} if not k.startswith("_"))
         raise NameError(f"unknown parameter(s) {unknown}; this notebook's parameters are {valid}")

@@ -592,3 +592,15 @@ def test_a_bare_chapter_parameter_is_a_one_element_list():
     assert got == default and got is not default
     with pytest.raises(TypeError, match="seeds: expected a list of int"):
         as_list(True, "seeds", int, [0])
+
+
+def test_names_imported_from_mimlib_are_not_taken_for_parameters():
+    """Chapter 05 imports ``DATASET_NAMES as NAMES`` before the check; a misspelt list parameter is still caught."""
+    from mimlib.plots import DATASET_NAMES as NAMES, OBJECTIVE_COLORS
+
+    params = {"datasets": None, "PARAMETERS": {}}
+    check_parameters({**params, "NAMES": NAMES, "OBJECTIVE_COLORS": OBJECTIVE_COLORS}, params)
+    with pytest.raises(NameError, match=r"unknown parameter\(s\) \['NAMES2'\]"):
+        check_parameters({**params, "NAMES2": dict(NAMES)}, params)
+    with pytest.raises(NameError, match=r"unknown parameter\(s\) \['dataset'\]"):
+        check_parameters({**params, "dataset": ["mnist"]}, params)
