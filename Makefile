@@ -16,7 +16,7 @@ CHAPTERS := $(sort $(wildcard book/[0-9][0-9]_*.py))
 THEORY := $(filter book/01_% book/02_% book/03_%,$(CHAPTERS))
 EXPERIMENTS := $(filter-out $(THEORY),$(CHAPTERS))
 
-.PHONY: help venv book test unit smoke nbval book-strict browser-check notebooks runs-images runs-pixelhvae clean
+.PHONY: FORCE help venv book test unit smoke nbval book-strict browser-check notebooks runs-images runs-pixelhvae clean
 
 help:
 	@echo "make book   - render the book from the committed notebooks into _build/html"
@@ -46,23 +46,36 @@ unit: venv
 	$(BIN)/pytest tests -q -n auto
 
 # Every chapter, executed from its .py source with the fast preset; outputs go to _build/smoke.
+# SMOKE_JOBS chapters run side by side (default: one per core, at most 2), each kernel with
+# SMOKE_JOBS-th of the cores' torch threads; the slowest chapters start first.
+NCPU := $(shell nproc 2>/dev/null || echo 1)
+SMOKE_JOBS ?= $(shell n=$(NCPU); echo $$(( n < 2 ? 1 : 2 )))
+SMOKE_THREADS ?= $(shell echo $$(( $(NCPU) / $(SMOKE_JOBS) > 0 ? $(NCPU) / $(SMOKE_JOBS) : 1 )))
+SLOWEST_FIRST := $(filter book/05_% book/06_% book/07_%,$(CHAPTERS))
+SMOKE_NBS := $(patsubst book/%.py,$(SMOKE)/%.ipynb,$(SLOWEST_FIRST) $(filter-out $(SLOWEST_FIRST),$(CHAPTERS)))
+
 smoke: venv
 	@mkdir -p $(SMOKE)/results $(SMOKE)/runs
-	@for py in $(CHAPTERS); do \
-	  nb=$(SMOKE)/$$(basename $${py%.py}).ipynb; \
-	  echo "papermill (smoke): $$py"; \
-	  $(BIN)/jupytext --quiet --to ipynb --output $(SMOKE)/src.ipynb $$py || exit 1; \
-	  dirs=""; grep -q '^results_dir' $$py && dirs="-p results_dir $(abspath $(SMOKE)/results)"; \
-	  grep -q '^runs_dir' $$py && dirs="$$dirs -p runs_dir $(abspath $(SMOKE)/runs)"; \
-	  $(BIN)/papermill --log-level WARNING -k python3 --cwd book $(SMOKE)/src.ipynb $$nb \
-	    -p preset smoke $$dirs || exit 1; \
-	done
-	@rm -f $(SMOKE)/src.ipynb
+	@echo "smoke: $(words $(SMOKE_NBS)) chapters, $(SMOKE_JOBS) at a time, $(SMOKE_THREADS) torch thread(s) each"
+	@$(MAKE) --no-print-directory -j $(SMOKE_JOBS) $(SMOKE_NBS)
+
+# One chapter's smoke run (always re-run: FORCE); its own temporary source, so chapters can run in parallel.
+$(SMOKE)/%.ipynb: book/%.py FORCE
+	@echo "papermill (smoke): $<"
+	@$(BIN)/jupytext --quiet --to ipynb --output $(SMOKE)/$*.src.ipynb $<
+	@dirs=""; grep -q '^results_dir' $< && dirs="-p results_dir $(abspath $(SMOKE)/results)"; \
+	  grep -q '^runs_dir' $< && dirs="$$dirs -p runs_dir $(abspath $(SMOKE)/runs)"; \
+	  OMP_NUM_THREADS=$(SMOKE_THREADS) $(BIN)/papermill --log-level WARNING -k python3 --cwd book \
+	    $(SMOKE)/$*.src.ipynb $(SMOKE)/$*.part.ipynb -p preset smoke $$dirs \
+	  || { echo "papermill (smoke) FAILED: $< (executed notebook: $(SMOKE)/$*.part.ipynb)"; exit 1; }
+	@mv $(SMOKE)/$*.part.ipynb $@ && rm -f $(SMOKE)/$*.src.ipynb
+
+FORCE:
 
 # The committed theory notebooks are re-executed and their checked outputs compared;
 # the experiment chapters' smoke outputs are re-executed (loading their runs) and compared.
 nbval: venv smoke
-	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	$(BIN)/pytest -q -p no:cacheprovider -n $(SMOKE_JOBS) --dist loadfile --nbval-lax --nbval-current-env \
 	  book/index.ipynb $(THEORY:.py=.ipynb) $(patsubst book/%.py,$(SMOKE)/%.ipynb,$(EXPERIMENTS))
 
 book-strict: venv

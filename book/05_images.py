@@ -333,9 +333,8 @@ print(f"wrote {path}: {len(res)} rows, columns {list(res.columns)}")
 # produced our numbers are printed under the table.
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
-pub = published("images")
-pub = pub[pub.metric == "knn5"].assign(dataset=lambda d: d.setting.str.split("/").str[0],
-                                       prior=lambda d: d.setting.str.split("-").str[-1])
+pub = published("images").query("metric == 'knn5' and model == 'convhvae'")
+pub = pub.assign(prior=pub.prior.map(image_study.PRIOR_SHORT))
 ours = res.assign(prior=res.prior.map(image_study.PRIOR_SHORT)).groupby(["dataset", "prior", "objective"]).knn5.mean()
 theirs = pub.set_index(["dataset", "prior", "objective"]).value
 cols = [(p, o, s) for p in ("S", "VP") for o in ("mim", "vae") for s in ("ours", "paper")]

@@ -107,8 +107,8 @@ if img_csv.exists():
     pub = published("images")
     short = {"standard": "S", "vampprior": "VP"}
     for (model, d, p, o), g in img.groupby(["model", "dataset", "prior", "objective"], sort=False):
-        setting = f"{d}/{model}-{short[p]}"
-        theirs = pub[(pub.objective == o) & (pub.setting == setting) & (pub.metric == "knn5")].value
+        theirs = pub.query("model == @model and dataset == @d and prior == @p and objective == @o "
+                           "and metric == 'knn5'").value
         rows.append({"study": "images (Table 1)" if model == "convhvae" else "images (PixelHVAE)",
                      "quantity": f"{OBJECTIVE_NAMES[o]}: 5-NN accuracy, {d}, {model} ({short[p]})",
                      "paper / reference code": round(theirs.mean(), 2) if len(theirs) else float("nan"),

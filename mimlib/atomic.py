@@ -23,9 +23,9 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-__all__ = ["write_atomic", "DiskFullError", "is_disk_full", "disk_full_error", "file_lock", "check_writable",
+__all__ = ["write_atomic", "replace_atomic", "DiskFullError", "is_disk_full", "disk_full_error", "file_lock", "check_writable",
            "remove_orphans"]
 
 #: errno values of a full disk (or a full quota).
@@ -77,28 +77,36 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (text is UTF-8) to ``path`` atomically, creating its folder; returns the path.
-    A full disk raises :class:`DiskFullError` (``path`` unchanged)."""
+def replace_atomic(path: str | os.PathLike, write: Callable[[str], object], prefix: str | None = None,
+                   then: str = "") -> Path:
+    """Atomically replace ``path`` by what ``write(tmp)`` writes to a temporary file beside it (named
+    ``prefix``..."tmp", default ``.<name>.``), creating the folder; the file gets 0666 less the umask.
+    A full disk raises :class:`DiskFullError` (``path`` unchanged; ``then`` says what a re-run does)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}." if prefix is None else prefix,
+                                   suffix=".tmp")
     except OSError as e:
         if is_disk_full(e):
-            raise disk_full_error(path, e) from e
+            raise disk_full_error(path, e, then) from e
         raise
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if is_disk_full(e):
-            raise disk_full_error(path, e) from e
+            raise disk_full_error(path, e, then) from e
         raise
     return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text is UTF-8) to ``path`` atomically (:func:`replace_atomic`); returns the path."""
+    return replace_atomic(path, lambda tmp: Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data))
 
 
 # ----------------------------------------------------------------------------- locks

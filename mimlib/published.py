@@ -10,6 +10,12 @@ its source:
   2-core CPU with current libraries, as reported in the project's issue 2.
 
 Nothing in this file is produced by our code.
+
+Its columns use the words of our own results tables, so the two are joined without parsing:
+``study``, ``source``, ``dataset`` (``mnist``, ``fashion-mnist``), ``model`` (``convhvae``, ``pixelhvae``),
+``prior`` (``standard``, ``vampprior``), ``objective`` (``mim``, ``vae``, ``amim``), ``hidden_min`` /
+``hidden_max`` (the 2-D study's widths a value holds for), ``metric`` (a column name of our results,
+e.g. ``knn5``), ``value``, ``approx``, ``note``. Columns that do not apply to a study are empty strings.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ PUBLISHED_CSV = Path(__file__).with_name("published.csv")
 
 def published(study: str | None = None) -> pd.DataFrame:
     """All published numbers, or those of one study ('mixture2d', 'images')."""
-    df = pd.read_csv(PUBLISHED_CSV, dtype={"setting": str})
+    words = ("study", "source", "dataset", "model", "prior", "objective", "metric", "note")
+    df = pd.read_csv(PUBLISHED_CSV, dtype={c: str for c in words}, keep_default_na=False,
+                     na_values={"hidden_min": [""], "hidden_max": [""], "value": [""]})
+    if study is not None and study not in set(df.study):
+        raise ValueError(f"no published numbers for study {study!r}; studies: {sorted(set(df.study))}")
     return df if study is None else df[df.study == study].reset_index(drop=True)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from tqdm import tqdm  # text bars: tqdm.auto would need ipywidgets in notebooks
 
 from . import configs as C
 from .allocator import keep_freed_memory
-from .atomic import check_writable, disk_full_error, file_lock, is_disk_full, remove_orphans
+from .atomic import check_writable, file_lock, remove_orphans, replace_atomic
 from .objectives import Loss
 from .optim import LR_SCHEDULES, OPTIMIZERS, lr_factor, make_optimizer
 
@@ -110,23 +109,7 @@ def atomic_save(obj: Any, path: Path, then: str = "") -> None:
     A full disk (``OSError`` ENOSPC, or torch's "unexpected pos" of a short write) raises
     :class:`mimlib.atomic.DiskFullError` naming ``path`` (which keeps its previous content);
     ``then`` says what a re-run does once space is freed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    except OSError as e:
-        if is_disk_full(e):
-            raise disk_full_error(path, e, then) from e
-        raise
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if is_disk_full(e):
-            raise disk_full_error(path, e, then) from e
-        raise
+    replace_atomic(path, lambda tmp: torch.save(obj, tmp), prefix=Path(path).name, then=then)
 
 
 def run_lock(run_dir: str | Path, wait: bool = True):

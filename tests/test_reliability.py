@@ -454,20 +454,13 @@ def test_a_full_disk_names_the_file_keeps_the_checkpoint_and_resumes(tmp_path, m
 
 def test_a_full_disk_keeps_the_previous_results_file(tmp_path, monkeypatch):
     path = write_results(pd.DataFrame({"a": [1]}), tmp_path, "r")
-    real_fdopen = os.fdopen
+    real_write_bytes = Path.write_bytes
 
-    class Full(io.RawIOBase):
-        def __init__(self, fd):
-            self.f = real_fdopen(fd, "wb")
+    def half_then_full(self, data):                    # the disk fills up half-way through the write
+        real_write_bytes(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def write(self, b):
-            self.f.write(b[: len(b) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def close(self):
-            self.f.close()
-
-    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: Full(fd))
+    monkeypatch.setattr(atomic.Path, "write_bytes", half_then_full)
     with pytest.raises(atomic.DiskFullError, match=r"cannot write .*r\.csv: the disk is full.*run the same command"):
         write_results(pd.DataFrame({"a": [2]}), tmp_path, "r")
     monkeypatch.undo()
@@ -604,3 +597,29 @@ def test_names_imported_from_mimlib_are_not_taken_for_parameters():
         check_parameters({**params, "NAMES2": dict(NAMES)}, params)
     with pytest.raises(NameError, match=r"unknown parameter\(s\) \['dataset'\]"):
         check_parameters({**params, "dataset": ["mnist"]}, params)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_run_files_honour_the_umask(tmp_path, umask):
+    """Checkpoints, final weights, records and results get 0666 less the umask, not mkstemp's 0600,
+    so a shared runs or results folder stays readable to others."""
+    old = os.umask(umask)
+    try:
+        class Interrupt(Exception):
+            pass
+
+        def stop(epoch, model):
+            if epoch == 1:
+                raise Interrupt
+
+        with pytest.raises(Interrupt):
+            _tiny_fit(tmp_path / "stopped", on_epoch_end=stop)          # leaves checkpoint.pt
+        _tiny_fit(tmp_path / "done")                                     # leaves final.pt
+        write_results(pd.DataFrame({"a": [1]}), tmp_path, "images")
+        d = write_record(tmp_path / "records", RunRecord("study", "run", {"a": 1}, pd.DataFrame({"epoch": [0]})))
+    finally:
+        os.umask(old)
+    files = [tmp_path / "stopped" / "checkpoint.pt", tmp_path / "done" / "final.pt", tmp_path / "images.csv",
+             d / "record.json", d / "history.csv"]
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in files}
+    assert modes == {f.name: oct(0o666 & ~umask) for f in files}
