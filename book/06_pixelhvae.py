@@ -39,6 +39,10 @@
 # results and say nothing about A-MIM or the VAE**. Only the `book` preset (the schedule described
 # under *Training schedule*) and the `paper` preset produce numbers worth reading.
 # As long as the page shows `smoke`, the book run has not been done for this page.
+#
+# **The `book` preset has changed since these outputs were computed**: as in chapter {ref}`ch-images`,
+# its pseudo-inputs now start from training images (`pseudo_init="data"`, after chapter
+# {ref}`ch-ablations`); the stored outputs below are the earlier runs, with `pseudo_init="normal"`.
 # :::
 #
 # **Re-running.** The cell below holds the parameters. `preset` is one of `smoke` (minutes, for CI),

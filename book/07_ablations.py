@@ -26,7 +26,9 @@
 # (seraphlabs-ca/MIM) in several places the paper does not mention. This chapter turns each difference
 # into a named option of `mimlib`, trains the options against each other at one short budget per
 # model, equal for all of a model's variants, and reads off which of them move the two failures. It is
-# a *screen*: one seed, 200 (convHVAE) or 500 (PixelHVAE) optimiser steps per run. What it settles, and what it leaves for longer runs, is stated at the end.
+# a *screen*: 200 (convHVAE) or 500 (PixelHVAE) optimiser steps per run, one seed per variant and three
+# for the four cells its conclusion rests on. What it settles, and what it leaves for longer runs, is
+# stated at the end.
 #
 # :::{admonition} Which run produced the outputs on this page
 # :class: important
@@ -54,6 +56,7 @@ preset = "screen"     # "screen" (the committed runs) or "smoke" (CI)
 variants = None       # labels of the variants to show (None: every variant of the screen)
 train_missing = None  # train variants without a run record (None: only with the smoke preset)
 seeds = None          # e.g. [0, 1]; None: [0]
+replicate_seeds = None  # seeds of the replicated cells (below); None: every recorded one of 0-9 (smoke: [0, 1])
 results_dir = "results"
 runs_dir = "../runs"
 PARAMETERS = dict(globals())
@@ -79,6 +82,7 @@ seeds = as_list(seeds, "seeds", int, [0])
 smoke = ablations.SMOKE_OVERRIDES if preset == "smoke" else {}
 n_tsne = 200 if preset == "smoke" else 1_000
 labels = None if variants is None else as_list(variants, "variants", str)
+rep_seeds = None if replicate_seeds is None else as_list(replicate_seeds, "replicate_seeds", int)
 chosen, missing = ablations.choose(labels, preset, records_dir, train_missing, **smoke)
 print_run_settings(preset, ablations.config_of(chosen[0], preset, **smoke),
                    skip=("model", "dataset", "prior", "objective", "seed", *ablations.FACTORS), train_images="300-500")
@@ -254,6 +258,71 @@ for model, objective, factors in ablations.ANALYSES:
         print(f"{model} {objective.upper()}, {title}:\n{table_.round(2).to_string()}\n")
 
 # %% [markdown]
+# ## Across seeds
+#
+# A screen of one seed cannot tell a factor's effect from the run-to-run spread. The four convHVAE cells
+# that the candidate change rests on (MIM and VAE, each pseudo-input initialisation, the anchor's $z$)
+# are trained at further seeds, with the same command and `--seed`; the seed fixes the initial weights,
+# the pseudo-inputs drawn from the training set and the data order, so runs of one seed pair across
+# cells. Every recorded seed is read here (in the smoke preset, seeds 0 and 1 of the cells it trains):
+
+# %% tags=["NBVAL_IGNORE_OUTPUT"]
+rep_cells = [v for v in ablations.REPLICATED if v in chosen]
+default = [0, 1] if preset == "smoke" else None
+per_cell = [(v, rep_seeds or default or ablations.recorded_seeds(v, records_dir, preset, **smoke)) for v in rep_cells]
+rep = pd.concat([ablations.run_variants([v], preset, seeds=tuple(s), records_dir=records_dir, runs_dir=runs_dir,
+                                        n_tsne=n_tsne, **smoke).results for v, s in per_cell if s])
+for v, s in per_cell:
+    print(f"{v.label:25s} seeds {s}")
+
+# %% [markdown]
+# Each run's readouts (sampled- and mean-code 5-NN, active units, NLL), then the paired differences: the
+# data initialisation minus $\mathcal{N}(0.05, 0.01)$ for each objective, and MIM minus the VAE at each
+# initialisation, each at every seed where both runs exist, summarised by their mean, a 95% Student-t
+# interval over seeds (none for one seed) and the number of seeds sharing the mean's sign.
+
+# %% tags=["NBVAL_CHECK_OUTPUT"]
+rep_metrics = ["knn5", "knn5_mean", "active_z1", "active_z2", "nll_is"]
+print(rep.set_index(["objective", "pseudo_init", "seed"]).sort_index()[rep_metrics].round(3).to_string())
+fmt = dict(mean="{:.3f}".format, lo="{:.3f}".format, hi="{:.3f}".format)
+init_diff = (ablations.effects(rep, "pseudo_init", rep_metrics, within=["objective", "seed"])
+             if rep.pseudo_init.nunique() == 2 else pd.DataFrame())
+gap = ablations.objective_gap(rep, rep_metrics)
+for title, diff in (("pseudo_init: data - normal", init_diff), ("MIM - VAE", gap)):
+    summary = ablations.seed_summary(diff) if len(diff) else pd.DataFrame()
+    print(f"\n{title}:\n" + (summary.to_string(index=False, formatters=fmt) if len(summary)
+                               else "  (needs both cells at a common seed)"))
+
+# %% [markdown]
+# The same, in words (generated; the interval is printed only with two seeds or more):
+
+# %% tags=["NBVAL_CHECK_OUTPUT"]
+names = {"knn5": "5-NN (sampled)", "knn5_mean": "5-NN (mean codes)", "active_z2": "active z2", "nll_is": "NLL"}
+lines = []
+for title, diff, by in (("data init minus normal", init_diff, "objective"), ("MIM minus VAE", gap, "pseudo_init")):
+    for _, r in (ablations.seed_summary(diff) if len(diff) else pd.DataFrame()).iterrows():
+        key = r.readout.split(" (")[0]
+        if key in names:
+            ci = f" [{r.lo:+.3g}, {r.hi:+.3g}]" if r.seeds > 1 else ""
+            lines.append(f"- {title}, {r[by]}: {names[key]} {r['mean']:+.3g}{ci}, {r.seeds} seed(s), "
+                         f"same sign at {r.same_sign} of {r.seeds} (per seed: {r.per_seed})")
+display(Markdown("\n".join(lines) or "(no paired runs)"))
+
+# %% [markdown]
+# **What the seeds say.** The sampled-code 5-NN accuracy after 200 steps is mostly run-to-run spread:
+# both its contrasts change sign from seed to seed, and the VAE with the $\mathcal{N}(0.05, 0.01)$
+# initialisation collapsed at seed 1 (its rate fell below one nat after the warm-up and its sampled codes
+# classify near chance) while the same seed with data-initialised pseudo-inputs did not. So the screen's
+# seed-0 reading of the initialisation's effect on MIM's 5-NN accuracy does not hold up. What holds at
+# every seed is in the lines above whose sign agrees at all seeds: the data initialisation wakes the top
+# latent of both objectives (every $z_2$ unit of the VAE, a dozen or more of MIM's) and, for the VAE,
+# improves the NLL and the mean-code 5-NN accuracy; for MIM its NLL and 5-NN effects change sign. And at
+# the data initialisation the VAE is ahead of MIM on the NLL, on the mean-code 5-NN accuracy and on the
+# number of active $z_2$ units at every seed (the intervals exclude zero), while on the sampled-code
+# 5-NN accuracy, the paper's measure, the two are not told apart by three seeds at this budget.
+
+
+# %% [markdown]
 # ## Per epoch
 #
 # The learning-curve 5-NN accuracy (mean codes of 2,000 training and 500 validation images, after every
@@ -342,24 +411,35 @@ display(Markdown("\n".join(lines)))
 # VampPrior, the decoder-sampled pairs ask the encoder to map the decoder's images back onto the
 # prior's components, which are themselves the encoder's outputs at the pseudo-inputs, a loop that
 # rewards every code for sitting on a few components. The pseudo-input initialisation interacts with
-# it: with the anchor's $z$, initialising from training images *helps* MIM (better 5-NN, many more
-# active units in both layers, better reconstruction and NLL), with the prior's $z$ it hurts further.
+# it: with the anchor's $z$, initialising from training images *helps* MIM at seed 0 (better 5-NN, many
+# more active units in both layers, better reconstruction and NLL), with the prior's $z$ it hurts
+# further. Of that help, only the active units hold up at seeds 1 and 2 (section *Across seeds*).
 #
 # **The VAE control.** For the VAE the initialisation barely moves the 5-NN accuracies, but it wakes
 # the top layer: with pseudo-inputs from training images every unit of $z_2$ is active, with the
 # book's $\mathcal{N}(0.05, 0.01)$ none is. So the reference's initialisation is what lets a VampPrior
-# VAE use its top latent at this budget, for both objectives when MIM keeps the anchor's $z$. At its
-# best cell of this screen MIM is still behind the VAE on the sampled-code 5-NN accuracy, as in
-# chapter 05's VampPrior cells.
+# VAE use its top latent at this budget, for both objectives when MIM keeps the anchor's $z$ (this holds
+# at all three seeds). At seed 0, MIM's best cell is still behind the VAE on the sampled-code 5-NN
+# accuracy, as in chapter 05's VampPrior cells; across seeds that gap is within the spread.
 #
 # ## What the book adopts, and what is left
 #
-# Not yet anything, because every run above is one seed and the issue behind this chapter asks that a
-# conclusion hold with a second. The candidate the screen supports is **pseudo-inputs initialised from
-# training images with the decoder-sampled half's $z$ from the anchor** (the book's $z$, the
-# reference's initialisation) for both objectives of chapter 05's VampPrior cells; the reference's
-# decoder-sampled $z$ is not a candidate, and nothing tried fixes A-MIM. Before the `book` presets
-# change and chapters 05 and 06 are re-run, the next runs are: seed 1 of the four convHVAE cells that
-# carry this conclusion (MIM and VAE, each initialisation, anchor $z$), seed 1 of the A-MIM optimiser
-# pair, and a longer A-MIM run with AdamNormGrad and a longer warm-up. The `paper` presets keep the
-# reference's choices, as they are meant to reproduce the reference code.
+# **Adopted: pseudo-inputs initialised from training images** (`pseudo_init="data"`, the reference's
+# choice) in the `book` presets of chapters 05 and 06, for both objectives. It costs nothing, it is what
+# the reference trains, and across three seeds it wakes the VampPrior's top latent for MIM and the VAE
+# and improves the VAE's NLL without a consistent loss anywhere. **Kept: the anchor's $z$** for the
+# decoder-sampled half: the reference's model-prior $z$ was the screen's largest and most harmful effect
+# (seed 0 only); this remains a stated difference from the reference. The warm-up placement and the
+# optimiser stay as they were (inert, or not decisive, in the screen). The `paper` presets keep every
+# reference choice, as they are meant to reproduce the reference code.
+#
+# **Not settled here: does MIM beat the VAE?** At this budget, with the adopted initialisation, the VAE
+# is ahead on the NLL, the mean-code 5-NN accuracy and the active units at every seed, and the paper's
+# measure, the sampled-code 5-NN accuracy, is a tie within the spread of three seeds. The screen's 200
+# steps are a twentieth of chapter 05's schedule, and the question is chapter 05's: its `book` runs are
+# to be re-run with the new preset, with several seeds (`make runs-images DATASET=mnist`, then
+# `fashion-mnist`; about 2.5 h per dataset and seed on a 2-core CPU).
+#
+# **Left for A-MIM:** nothing tried fixes its collapse. Still to run: the fourth cell of its 2 x 2
+# (data initialisation alone), a second seed of the optimiser pair, and a longer run with AdamNormGrad and
+# a longer warm-up, the reference's schedule being hundreds of epochs with a 100-epoch warm-up.

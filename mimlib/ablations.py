@@ -19,15 +19,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from . import image_study, presets
 from .nets.hvae import LOGVAR_MIN
 from .records import read_evaluation, read_record
 
-__all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
+__all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "REPLICATED", "recorded_seeds",
+           "seed_summary", "objective_gap", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
            "log_prior_ceiling"]
 
 #: The options a variant may change, with their book (``screen`` preset) defaults.
@@ -93,6 +96,11 @@ ANALYSES: list[tuple[str, str, tuple[str, ...]]] = [
     ("convhvae", "mim", ("pseudo_init", "mim_decoder_z")),
     ("convhvae", "vae", ("pseudo_init",)),
 ]
+
+
+#: The cells the candidate adoption rests on, trained at further seeds: convHVAE (VP) MIM and VAE at each
+#: pseudo-input initialisation, with the anchor's z (the book's ``mim_decoder_z``).
+REPLICATED: list[Variant] = [v for v in SCREEN if v.model == "convhvae" and v.settings["mim_decoder_z"] == "anchor"]
 
 
 def at_book_levels(results: pd.DataFrame, model: str, objective: str, factors: tuple[str, ...]) -> pd.DataFrame:
@@ -165,6 +173,53 @@ def recorded(variants: list[Variant], records_dir, preset: str = "screen", **ove
                                                  cfg.eval_key()) is not None
         (have if ok else missing).append(v)
     return have, missing
+
+
+def recorded_seeds(variant: Variant, records_dir, preset: str = "screen", seeds: Iterable[int] = range(10),
+                   **overrides: Any) -> list[int]:
+    """The seeds among ``seeds`` at which ``variant`` has a run record with its evaluation in ``records_dir``."""
+    have = []
+    for seed in seeds:
+        cfg = config_of(variant, preset, seed=seed, **overrides)
+        name = image_study.run_name(cfg)
+        if (read_record(records_dir, image_study.STUDY, name, cfg.run_key()) is not None
+                and read_evaluation(records_dir, image_study.STUDY, name, cfg.eval_key()) is not None):
+            have.append(seed)
+    return have
+
+
+def seed_summary(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Summarise per-seed values over the index level ``seed``: for each remaining row and column, the
+    mean, a Student-t interval at ``level`` (mean +- t_{n-1} s / sqrt(n); NaN for one seed), the number of
+    seeds, and how many of them share the mean's sign (``same_sign``). One row per (group, column)."""
+    if "seed" not in per_seed.index.names:
+        raise ValueError(f"per_seed needs an index level 'seed'; has {per_seed.index.names}")
+    keys = [n for n in per_seed.index.names if n != "seed"]
+    rows = []
+    for key, g in per_seed.groupby(level=keys, sort=False) if keys else [((), per_seed)]:
+        key = key if isinstance(key, tuple) else (key,)
+        for col in per_seed.columns:
+            v = g[col].dropna().to_numpy(dtype=float)
+            n = len(v)
+            mean = float(v.mean()) if n else float("nan")
+            half = (float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
+                    if n > 1 else float("nan"))
+            rows.append({**dict(zip(keys, key)), "readout": col, "mean": mean, "lo": mean - half,
+                         "hi": mean + half, "seeds": n, "same_sign": int((np.sign(v) == np.sign(mean)).sum()),
+                         "per_seed": ", ".join(f"{x:.3g}" for x in v)})
+    return pd.DataFrame(rows)
+
+
+def objective_gap(results: pd.DataFrame, metrics: list[str], first: str = "mim", second: str = "vae",
+                  within: tuple[str, ...] = ("pseudo_init", "seed")) -> pd.DataFrame:
+    """``first`` minus ``second`` (objectives) for each metric at each combination of ``within`` where
+    both were run: seeds pair runs that saw the same data in the same order."""
+    mean = results.groupby([*within, "objective"])[metrics].mean()
+    present = set(mean.index.get_level_values("objective"))
+    if not {first, second} <= present:
+        return pd.DataFrame(columns=metrics)
+    out = mean.xs(first, level="objective") - mean.xs(second, level="objective")
+    return out.dropna(how="all")
 
 
 #: What the smoke preset changes besides its own settings: 100 pseudo-inputs (the PixelHVAE smoke preset

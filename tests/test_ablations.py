@@ -147,3 +147,37 @@ def test_a_follow_up_is_not_pooled_into_the_2x2_cells():
     single = A.at_book_levels(rows, "pixelhvae", "amim", ("optimizer",))
     assert sorted(single.optimizer) == ["adam", "adam-normgrad"]
     assert A.at_book_levels(rows, "convhvae", "mim", ("pseudo_init",)).empty
+
+
+def test_seed_summary_gives_the_student_t_interval_and_sign_agreement():
+    per_seed = pd.DataFrame({"objective": ["mim"] * 3 + ["vae"], "seed": [0, 1, 2, 0],
+                             "knn5": [0.1, 0.3, -0.1, 0.05]}).set_index(["objective", "seed"])
+    out = A.seed_summary(per_seed).set_index("objective")
+    mim, vae = out.loc["mim"], out.loc["vae"]
+    # mean 0.1, s = 0.2, n = 3: half-width t_{0.975, 2} * 0.2 / sqrt(3) = 4.3027 * 0.11547 = 0.49683
+    assert mim["mean"] == pytest.approx(0.1) and mim.seeds == 3 and mim.same_sign == 2
+    assert (mim.lo, mim.hi) == (pytest.approx(0.1 - 0.49683, abs=1e-5), pytest.approx(0.1 + 0.49683, abs=1e-5))
+    assert vae.seeds == 1 and math.isnan(vae.lo) and vae["per_seed"] == "0.05"
+    # coverage: the 95% interval of n = 4 normal draws holds the true mean about 95% of the time
+    rng = np.random.default_rng(0)
+    draws = pd.DataFrame({"x": rng.normal(1.0, 2.0, 4000)},
+                         index=pd.MultiIndex.from_product([range(1000), range(4)], names=["trial", "seed"]))
+    s = A.seed_summary(draws)
+    covered = ((s.lo <= 1.0) & (1.0 <= s.hi)).mean()
+    assert 0.93 <= covered <= 0.97
+    with pytest.raises(ValueError, match="seed"):
+        A.seed_summary(per_seed.reset_index("seed"))
+
+
+def test_objective_gap_pairs_runs_by_seed_and_initialisation():
+    res = pd.DataFrame({"objective": ["mim", "vae", "mim", "vae", "mim"], "pseudo_init": ["normal"] * 4 + ["data"],
+                        "seed": [0, 0, 1, 1, 0], "knn5": [0.7, 0.75, 0.6, 0.8, 0.9]})
+    gap = A.objective_gap(res, ["knn5"])
+    assert gap.knn5.round(3).to_dict() == {("normal", 0): -0.05, ("normal", 1): -0.2}   # data: no VAE to pair
+    assert A.objective_gap(res[res.objective == "mim"], ["knn5"]).empty
+
+
+def test_recorded_seeds_lists_the_seeds_with_a_record(tmp_path):
+    v = A.REPLICATED[0]
+    assert A.recorded_seeds(v, tmp_path, seeds=range(3)) == []
+    assert {x.model for x in A.REPLICATED} == {"convhvae"} and len(A.REPLICATED) == 4
