@@ -215,9 +215,6 @@ res = res.join(pd.DataFrame({"rate": ablations.rate(last), "log_pz": ablations.l
 machines = res["machine"].fillna("not recorded").unique() if "machine" in res else ["not recorded"]
 print(f"{len(res)} runs; training time as measured when trained: {study.train_seconds:.0f} s; "
       f"machine(s): {', '.join(machines)}; precision: {', '.join(res.precision.unique())}")
-path = write_results(res, results_dir,
-                     "ablations" if preset == "screen" else f"ablations-{preset}")
-print(f"wrote {path}")
 
 # %% [markdown]
 # ## Results
@@ -274,6 +271,10 @@ rep = pd.concat([ablations.run_variants([v], preset, seeds=tuple(s), records_dir
                                         n_tsne=n_tsne, **smoke).results for v, s in per_cell if s])
 for v, s in per_cell:
     print(f"{v.label:25s} seeds {s}")
+# every run this page shows, once: the screen's and the replications'
+path = write_results(pd.concat([res, rep], ignore_index=True).drop_duplicates("run"), results_dir,
+                     "ablations" if preset == "screen" else f"ablations-{preset}")
+print(f"wrote {path}")
 
 # %% [markdown]
 # Each run's readouts (sampled- and mean-code 5-NN, active units, NLL), then the paired differences: the
