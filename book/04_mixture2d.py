@@ -40,7 +40,7 @@
 # `results_dir/records/mixture2d/` (committed: its configuration, history, evaluation rows and the
 # arrays of Fig. 1, no weights; `mimlib.records`), so re-executing this chapter needs no training.
 # Groups being trained are kept in `runs_dir` (one folder per objective, width and configuration, with
-# a checkpoint after every epoch), so an interrupted run resumes.
+# a checkpoint about every 20 s of training), so an interrupted run resumes.
 
 # %% tags=["remove-input"]
 # What re-running this chapter costs, from measured times only (mimlib.costs; benchmarks/time_chapters.py)

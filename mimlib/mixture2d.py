@@ -7,8 +7,12 @@ groups are loaded from their run records (``records_dir``, :mod:`mimlib.records`
 committed, no weights needed) or their run folders (``runs_dir``, weights) instead of
 retrained. With
 ``workers=N`` the groups are trained and evaluated by N processes of one torch
-thread each (widest first), which on a small CPU is faster than one process
+thread each (costliest first), which on a small CPU is faster than one process
 with N threads: the 2-D networks are too small to split across threads.
+
+Training runs in *buckets* (:func:`train_bucket`, :mod:`mimlib.bucket2d`): the narrow widths of an
+objective (:func:`bucket_widths`) train as one batched model, zero-padded to the bucket's widest, each
+group exactly as alone; every group keeps its name, run folder, checkpoint, ``final.pt`` and run record.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,8 @@ import torch
 from . import configs as C
 from . import metrics
 from .data import MixtureStream, sample_mixture, split_batches
+from .bucket2d import OBJECTIVES as BUCKET_OBJECTIVES
+from .bucket2d import BucketMember, fit_bucket
 from .nets.mlp import MixtureModel2D
 from .objectives import MIMOptions, get_objective
 from .precision import torch_device
@@ -35,8 +41,8 @@ from .atomic import check_writable
 from .records import RunRecord, read_evaluation, read_record, write_evaluation, write_record
 from .train import FitConfig, FitResult, config_hash, fit
 
-__all__ = ["Mixture2DConfig", "group_name", "train_group", "evaluate_group", "figure1_arrays", "run_sweep",
-           "SweepResult", "STUDY"]
+__all__ = ["Mixture2DConfig", "group_name", "train_group", "train_bucket", "bucket_widths", "evaluate_group",
+           "figure1_arrays", "run_sweep", "SweepResult", "STUDY"]
 
 STUDY = "mixture2d"
 
@@ -128,7 +134,58 @@ def group_name(objective: str, hidden: int, cfg: Mixture2DConfig) -> str:
 
 def train_group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
                 progress: bool | None = None) -> tuple[MixtureModel2D, FitResult]:
-    """Train every seed of one (objective, hidden width) as one batched model."""
+    """Train every seed of one (objective, hidden width) as one batched model (a bucket of one width,
+    :func:`train_bucket`)."""
+    return train_bucket(objective, (hidden,), cfg, runs_dir, progress)[hidden]
+
+
+def bucket_widths(hidden: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The buckets the widths ``hidden`` of one objective train in (:func:`train_bucket`): consecutive
+    widths (sorted) share a bucket while the widest is at most :data:`BUCKET_RATIO` times the narrowest
+    and :data:`BUCKET_MAX_WIDTH` wide. A function of the config's widths only, so a group's bucket does not
+    depend on which other groups are recorded or finished."""
+    out: list[list[int]] = []
+    for h in sorted(set(hidden)):
+        if out and h <= BUCKET_RATIO * out[-1][0] and h <= BUCKET_MAX_WIDTH:
+            out[-1].append(h)
+        else:
+            out.append([h])
+    return [tuple(b) for b in out]
+
+
+#: Widths share a bucket while the widest is at most this many times the narrowest (1: one width each) ...
+BUCKET_RATIO = 4.0
+#: ... and at most this wide: past it the padded units cost more than the steps a bucket saves.
+BUCKET_MAX_WIDTH = 20
+
+
+def train_bucket(objective: str, hidden: tuple[int, ...] | list[int], cfg: Mixture2DConfig,
+                 runs_dir: str | Path | None = None, progress: bool | None = None,
+                 checkpoint_seconds: float | None = None, after_epoch=None
+                 ) -> dict[int, tuple[MixtureModel2D, FitResult]]:
+    """Train the groups (objective, h) for h in ``hidden``, all seeds of all widths, as one batched model
+    (:func:`mimlib.bucket2d.fit_bucket`: each group trains exactly as it would alone, keeps its run
+    folder ``runs_dir/<group_name>`` with its checkpoint and ``final.pt``, and is loaded from there once
+    finished). Returns {h: (model, result)}. On a GPU each group trains alone with :func:`mimlib.train.fit`."""
+    device = torch_device(cfg.device)
+    if device.type != "cpu" or objective not in BUCKET_OBJECTIVES:
+        return {h: _fit_group(objective, h, cfg, runs_dir, progress) for h in hidden}
+    stream = MixtureStream(cfg.seeds, n_train=cfg.n_train)
+    val = stream.validation(cfg.n_val)
+    members = [BucketMember(h, Path(runs_dir) / group_name(objective, h, cfg) if runs_dir is not None else None,
+                            cfg.group_key(objective, h)) for h in hidden]
+    kw = {} if checkpoint_seconds is None else {"checkpoint_seconds": checkpoint_seconds}
+    out = fit_bucket(objective, members, cfg.seeds,
+                     train_batches=lambda e: split_batches(stream.epoch(e), cfg.batch_size),
+                     val_batches=lambda: split_batches(val, 2_000), config=cfg.fit_config(),
+                     options=cfg.mim_options(), min_std=cfg.min_std, progress=progress,
+                     desc=f"{objective} H={','.join(map(str, hidden))}", after_epoch=after_epoch, **kw)
+    return dict(zip(hidden, out))
+
+
+def _fit_group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
+               progress: bool | None = None) -> tuple[MixtureModel2D, FitResult]:
+    """One group alone through :func:`mimlib.train.fit` and :mod:`mimlib.objectives` (GPU runs)."""
     device = torch_device(cfg.device)
     model = MixtureModel2D(hidden, cfg.seeds, min_std=cfg.min_std).to(device)
     stream = MixtureStream(cfg.seeds, n_train=cfg.n_train)
@@ -219,7 +276,7 @@ class SweepResult:
 def _from_record(objective: str, hidden: int, cfg: Mixture2DConfig, records_dir: str | Path | None
                  ) -> tuple[RunRecord | None, dict[str, Any] | None]:
     """A group's record (or None) and, if it also holds an evaluation for ``cfg``'s settings, the
-    group's rows, history, Fig. 1 arrays and seconds as :func:`_group` returns them."""
+    group's rows, history, Fig. 1 arrays and seconds as :func:`_evaluate` returns them."""
     name = group_name(objective, hidden, cfg)
     rec = read_record(records_dir, STUDY, name, cfg.group_key(objective, hidden))
     rows = read_evaluation(records_dir, STUDY, name, C.key(cfg, "evaluate")) if rec is not None else None
@@ -229,17 +286,13 @@ def _from_record(objective: str, hidden: int, cfg: Mixture2DConfig, records_dir:
                  "seconds": float(rec.info["train_seconds"])}
 
 
-def _group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None,
-           records_dir: str | Path | None, progress: bool | None) -> dict[str, Any]:
-    """One (objective, hidden) group: read from its run record if it has one for these evaluation
-    settings; else trained (or loaded from its run folder), evaluated and, with ``records_dir``,
-    recorded, then read back from the record (so a first execution and a re-execution from the
-    records print the same). Returns rows, history, Fig. 1 arrays, seconds, and the model if any."""
+def _evaluate(objective: str, hidden: int, cfg: Mixture2DConfig, model: MixtureModel2D, res: FitResult,
+              records_dir: str | Path | None) -> dict[str, Any]:
+    """A trained (or loaded) group evaluated and, with ``records_dir``, recorded, then read back from the
+    record (so a first execution and a re-execution from the records print the same). Returns rows,
+    history, Fig. 1 arrays, seconds and the model."""
     name, key, ev_key = group_name(objective, hidden, cfg), cfg.group_key(objective, hidden), C.key(cfg, "evaluate")
-    rec, recorded = _from_record(objective, hidden, cfg, records_dir)
-    if recorded is not None:
-        return recorded
-    model, res = train_group(objective, hidden, cfg, runs_dir, progress)
+    rec = read_record(records_dir, STUDY, name, key)
     model.eval()
     ev = evaluate_group(model, cfg)
     ev.insert(0, "hidden", hidden)
@@ -265,13 +318,39 @@ def _group(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Pa
     return out
 
 
-def _group_in_worker(objective: str, hidden: int, cfg: Mixture2DConfig, runs_dir: str | Path | None,
-                     records_dir: str | Path | None) -> dict[str, Any]:
-    """:func:`_group` in a worker process (one torch thread); a model travels back as its state dict."""
+def _train_in_worker(objective: str, hidden: tuple[int, ...], cfg: Mixture2DConfig,
+                     runs_dir: str | Path | None) -> dict[int, tuple[dict, FitResult]]:
+    """:func:`train_bucket` in a worker process (one torch thread); models travel back as state dicts."""
     torch.set_num_threads(1)
-    out = _group(objective, hidden, cfg, runs_dir, records_dir, progress=False)
-    out["model"] = out["model"].state_dict() if out["model"] is not None else None
+    trained = train_bucket(objective, hidden, cfg, runs_dir, progress=False)
+    return {h: (m.state_dict(), r) for h, (m, r) in trained.items()}
+
+
+def _evaluate_in_worker(objective: str, hidden: int, cfg: Mixture2DConfig, state: dict, res: FitResult,
+                        records_dir: str | Path | None) -> dict[str, Any]:
+    """:func:`_evaluate` in a worker process (one torch thread)."""
+    torch.set_num_threads(1)
+    out = _evaluate(objective, hidden, cfg, _model_from(state, hidden, cfg), res, records_dir)
+    out["model"] = out["model"].state_dict()
     return out
+
+
+def _model_from(state: dict, hidden: int, cfg: Mixture2DConfig) -> MixtureModel2D:
+    model = MixtureModel2D(hidden, cfg.seeds, min_std=cfg.min_std).to(cfg.device)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _buckets(todo: list[tuple[str, int]], cfg: Mixture2DConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """The groups to train, in buckets (:func:`bucket_widths` of the config's widths, cut to ``todo``),
+    costliest first."""
+    out = []
+    for o in cfg.objectives:
+        for widths in bucket_widths(cfg.hidden):
+            mine = tuple(h for h in widths if (o, h) in todo)
+            if mine:
+                out.append((o, mine))
+    return sorted(out, key=lambda b: -(sum(h + 25 for h in b[1]) * (2 if b[0] != "vae" else 1)))
 
 
 def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
@@ -280,12 +359,12 @@ def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
     """Train (or load) and evaluate every (objective, hidden) group of ``cfg``.
 
     ``records_dir``: run records are read from (and written to) ``records_dir/mixture2d/`` (see
-    :func:`_group`); a group with a record for these evaluation settings needs neither training
+    :func:`_evaluate`); a group with a record for these evaluation settings needs neither training
     nor weights.
 
-    ``workers`` > 1: that many worker processes (spawned, one torch thread each) share the groups,
-    widest first; the results are the same groups, in the same order, as with one process (up to
-    the rounding of a different thread count). Spawned workers re-import a calling *script*, which
+    ``workers`` > 1: that many worker processes (spawned, one torch thread each) share the buckets,
+    costliest first, then the groups' evaluations; the results are the same groups, in the same order,
+    as with one process (up to the rounding of a different thread count). Spawned workers re-import a calling *script*, which
     therefore needs the ``if __name__ == "__main__":`` guard (notebooks and ``python -c`` do not).
     """
     if not isinstance(cfg, Mixture2DConfig):
@@ -305,24 +384,31 @@ def run_sweep(cfg: Mixture2DConfig, runs_dir: str | Path | None = None,
         else:
             todo.append((o, h))
     _preflight(todo, cfg, runs_dir, records_dir)
+    buckets = _buckets(todo, cfg)
     if workers == 1 or len(todo) <= 1:
-        for o, h in todo:
-            done[(o, h)] = _group(o, h, cfg, runs_dir, records_dir, progress)
+        for o, widths in buckets:
+            for h, (model, res) in train_bucket(o, widths, cfg, runs_dir, progress).items():
+                done[(o, h)] = _evaluate(o, h, cfg, model, res, records_dir)
     else:
+        # training tasks first (costliest first), then, as each bucket finishes, one evaluation task per group
         ctx = multiprocessing.get_context("spawn")
-        order = sorted(todo, key=lambda g: (-g[1], g[0] != "mim"))   # widest (slowest) first
         with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as ex:
-            futures = {ex.submit(_group_in_worker, *g, cfg, runs_dir, records_dir): g for g in order}
+            pending = {ex.submit(_train_in_worker, o, widths, cfg, runs_dir): ("train", o, widths)
+                       for o, widths in buckets}
             bar = _bar(len(todo), progress)
-            for fut in as_completed(futures):
-                g = futures[fut]
-                out = fut.result()
-                if out["model"] is not None:
-                    model = MixtureModel2D(g[1], cfg.seeds, min_std=cfg.min_std).to(cfg.device)
-                    model.load_state_dict(out["model"])
-                    out["model"] = model.eval()
-                done[g] = out
-                bar.update(1)
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    what = pending.pop(fut)
+                    if what[0] == "train":
+                        for h, (state, res) in fut.result().items():
+                            pending[ex.submit(_evaluate_in_worker, what[1], h, cfg, state, res, records_dir)] = (
+                                "evaluate", what[1], h)
+                    else:
+                        out = fut.result()
+                        out["model"] = _model_from(out["model"], what[2], cfg)
+                        done[(what[1], what[2])] = out
+                        bar.update(1)
             bar.close()
     return SweepResult(pd.concat([done[g]["rows"] for g in groups], ignore_index=True),
                        pd.concat([done[g]["history"] for g in groups], ignore_index=True),

@@ -32,6 +32,7 @@ def test_record_present_weights_absent(tmp_path, monkeypatch):
     assert names == {M.group_name(o, h, cfg) for o in cfg.objectives for h in cfg.hidden}
     shutil.rmtree(tmp_path / "runs")                       # the weights are gone
     monkeypatch.setattr(M, "train_group", _no_training)
+    monkeypatch.setattr(M, "train_bucket", _no_training)
     again = M.run_sweep(cfg, runs_dir=tmp_path / "runs", records_dir=tmp_path / "records", workers=2)
     assert again.trained == [] and again.models == {}
     pd.testing.assert_frame_equal(again.results, first.results)

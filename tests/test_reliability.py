@@ -285,6 +285,7 @@ def test_bad_input_is_refused_early_and_clearly(kind, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-cache"))
     monkeypatch.setattr(S, "load_data", lambda *a, **k: pytest.fail("data loaded before the error"))
     monkeypatch.setattr(M, "train_group", lambda *a, **k: pytest.fail("a group was trained"))
+    monkeypatch.setattr(M, "train_bucket", lambda *a, **k: pytest.fail("a group was trained"))
     call = setup(tmp_path)
     before = _files(tmp_path)
     with pytest.raises(error, match=pattern):
