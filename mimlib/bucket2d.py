@@ -5,8 +5,9 @@
 stack of weights whose hidden layer is zero-padded to the widest model still training: padded units
 have zero input weights, bias and output weights, so they output tanh(0) = 0, contribute exactly 0 and
 get exactly 0 gradient, and Adam keeps them at 0 (0 gradient -> 0 moments -> 0 update). Each model
-therefore trains as it does alone (:func:`mimlib.train.fit` on its group), up to the order of float
-sums:
+therefore trains as it does alone (:func:`mimlib.train.fit` on its group), up to float rounding (the
+order of the products' sums; tanh as 2 sigmoid(2u) - 1 or as ``torch.tanh`` by the size of the stack,
+as :func:`mimlib.nets.mlp.fast_tanh` chooses, which agree to 2e-7):
 
 * the same initial weights (each group is built as a ``MixtureModel2D``, from its seeds' generators);
 * the same data and the same noise: the groups of a bucket share the seeds, hence the data, and one
@@ -20,7 +21,11 @@ sums:
   whose models have all stopped is finished and leaves the bucket, the others train on; the padding
   shrinks to the widest model left.
 
-A training step is :func:`bucket_loss`, autograd and :func:`_adam`, all torch operations.
+A training step is torch operations only: :func:`bucket_loss`, autograd and :func:`_adam`. The networks
+run as :func:`gaussian_block`, an autograd function whose backward is autograd's derivative of each
+operation of :class:`~mimlib.nets.mlp.GaussianMLP`, with its hidden activations computed in place in
+buffers reused from step to step; MIM's encoders and decoders share each pass (one batched product per
+layer); the flat parameters, gradient and Adam moments of the stack are each one tensor.
 
 Each group keeps its own run folder (:class:`BucketMember`): its checkpoint (``checkpoint.pt``) and
 its result (``final.pt``) have ``fit``'s format, so a group trained in a bucket loads, and resumes,
@@ -47,8 +52,7 @@ from tqdm import tqdm
 
 from .allocator import keep_freed_memory
 from .atomic import check_writable
-from .nets.mlp import MixtureModel2D
-from .nets.mlp import _BatchedAffine, _LARGE, fast_tanh
+from .nets.mlp import _LARGE, MixtureModel2D
 from .objectives import MIMOptions
 from .optim import lr_factor
 from .train import (FitConfig, FitResult, _check_config, _load_final, _remove_orphans, _resume_note,
@@ -88,75 +92,137 @@ class BucketMember:
 # ----------------------------------------------------------------------------- the loss
 
 
-def _gaussian(out: torch.Tensor, min_std: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, log_std = out.chunk(2, dim=-1)
-    return mean, min_std + torch.exp(log_std.clamp(max=10.0))
-
-
 def _log_prob(v, mean, std):
-    """log N(v; mean, diag(std^2)) as torch.distributions computes it."""
+    """log N(v; mean, diag(std^2)) as torch.distributions computes it (also for the anchor N(0, I): mean
+    0 and std 1 give its values exactly)."""
     return (-((v - mean) ** 2) / (2 * std ** 2) - std.log() - _HALF_LOG_2PI).sum(-1)
 
 
-def _log_standard(v):
-    """log N(v; 0, I) as torch.distributions computes it."""
-    return (-(v ** 2) / 2 - _HALF_LOG_2PI).sum(-1)
+class _Workspace:
+    """Buffers reused from step to step (a training step would otherwise allocate, and page in, a few MiB per
+    hidden activation), and constant tensors: ``get(slot, shape, like)`` is a view of slot's flat buffer,
+    grown when too small."""
+
+    def __init__(self):
+        self._flat: dict[str, torch.Tensor] = {}
+        self._const: dict[tuple, torch.Tensor] = {}
+
+    def get(self, slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A buffer of ``shape`` with ``like``'s dtype and device."""
+        n = math.prod(shape)
+        buf = self._flat.get(slot)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._flat[slot] = like.new_empty(n)
+        return buf[:n].view(shape)
+
+    def full(self, shape: tuple[int, ...], value: float, like: torch.Tensor) -> torch.Tensor:
+        """A constant tensor (not to be written to)."""
+        key = (tuple(shape), value, like.dtype, like.device)
+        t = self._const.get(key)
+        if t is None:
+            t = self._const[key] = like.new_full(shape, value)
+        return t
 
 
-def mlp_block(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """``tanh(x W1^T + b1) W2^T + b2`` per model, as :class:`~mimlib.nets.mlp.GaussianMLP` computes it:
-    x (M, B, 2), W1 (M, H, 2), b1 (M, 1, H), W2 (M, 4, H), b2 (M, 1, 4) -> (M, B, 4)."""
-
-    def affine(inp, w, b):
-        if inp.shape[0] * inp.shape[1] * max(w.shape[1:]) >= _LARGE:
-            return _BatchedAffine.apply(inp, w, b)
-        return torch.baddbmm(b, inp, w.transpose(1, 2))
-
-    return affine(fast_tanh(affine(x, w1, b1)), w2, b2)
+_MINUS_ONE = torch.tensor(-1.0)
 
 
-def bucket_loss(objective: str, params: Sequence[torch.Tensor], x: torch.Tensor, noise: Sequence[torch.Tensor],
-                beta: float, min_std: float, options: MIMOptions = MIMOptions()
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+class _GaussianBlock(torch.autograd.Function):
+    """The 2-D models' networks (:class:`mimlib.nets.mlp.GaussianMLP`), stacked: the mean and the std of
+    N(mean, diag(std^2)), ``mean, log_std = tanh(x W1^T + b1) W2^T + b2``, ``std = min_std +
+    exp(clamp(log_std, max=10))``, the same operations as the module's; its backward is autograd's
+    derivative of each operation (tanh via :func:`mimlib.nets.mlp.fast_tanh`: backward (1 - y^2) g; exp:
+    g exp; clamp: g where not clamped), each product in its fast layout (as
+    :class:`mimlib.nets.mlp._BatchedAffine`). The hidden activations are computed in place in a reused
+    buffer (``ws``, slot ``slot``: valid until the next call with that slot), their gradient in another."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, min_std: float, ws: _Workspace, slot: str):
+        m, b, _ = x.shape
+        y = ws.get(slot, (m, b, w1.shape[1]), x)
+        if y.numel() >= _LARGE:   # as fast_tanh: tanh(u) = 2 sigmoid(2u) - 1, 2u = x (2 W1)^T + 2 b1 exactly
+            torch.baddbmm(b1 * 2.0, x, (w1 * 2.0).transpose(1, 2), out=y)
+            torch.sigmoid(y, out=y)
+            torch.add(_MINUS_ONE, y, alpha=2.0, out=y)
+        else:                     # ... or torch.tanh for small tensors
+            torch.tanh(torch.baddbmm(b1, x, w1.transpose(1, 2), out=y), out=y)
+        out = torch.baddbmm(b2.transpose(1, 2), w2, y.transpose(1, 2))   # (m, 4, b): mean, log_std, by rows
+        log_std = out[:, 2:]
+        e = torch.exp(log_std.clamp(max=10.0))
+        ctx.save_for_backward(x, w1, w2, y, log_std, e)
+        ctx.ws = ws
+        return out[:, :2].transpose(1, 2), (min_std + e).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, g_mean, g_std):
+        x, w1, w2, y, log_std, e = ctx.saved_tensors
+        m, b, _ = x.shape
+        g = x.new_zeros(m, 4, b)   # the gradient of (mean, log_std), by rows
+        if g_mean is not None:
+            g[:, :2] = g_mean.transpose(1, 2)
+        if g_std is not None:
+            g[:, 2:] = torch.where(log_std <= 10.0, g_std.transpose(1, 2) * e, 0.0)
+        gw2 = torch.bmm(g, y)
+        gb2 = g.sum(2, keepdim=True).transpose(1, 2)
+        gu = torch.bmm(g.transpose(1, 2), w2, out=ctx.ws.get("grad", y.shape, y))
+        torch.ops.aten.tanh_backward.grad_input(gu, y, grad_input=gu)
+        gw1 = torch.bmm(x.transpose(1, 2), gu).transpose(1, 2)
+        gb1 = gu.sum(1, keepdim=True)
+        gx = torch.bmm(w1.transpose(1, 2).contiguous(), gu.transpose(1, 2)).transpose(1, 2) \
+            if ctx.needs_input_grad[0] else None
+        return gx, gw1, gb1, gw2, gb2, None, None, None
+
+
+def gaussian_block(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                   min_std: float, ws: _Workspace | None = None, slot: str = "block"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) (M, B, 2) of M stacked 2-D Gaussian networks, as :class:`~mimlib.nets.mlp.GaussianMLP`
+    computes them: x (M, B, 2), W1 (M, H, 2), b1 (M, 1, H), W2 (M, 4, H), b2 (M, 1, 4). Differentiable in
+    x and the weights; ``ws``: buffers to reuse (:class:`_GaussianBlock`)."""
+    return _GaussianBlock.apply(x, w1, b1, w2, b2, min_std, ws if ws is not None else _Workspace(), slot)
+
+
+def bucket_loss(objective: str, enc: Sequence[torch.Tensor], dec: Sequence[torch.Tensor], x: torch.Tensor,
+                noise: Sequence[torch.Tensor], beta: float, min_std: float, options: MIMOptions = MIMOptions(),
+                ws: _Workspace | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example loss (A, batch) of A stacked models and its named terms, as the objective of
     :mod:`mimlib.objectives` computes it for a :class:`~mimlib.nets.mlp.MixtureModel2D`.
 
-    ``params``: W1 (2A, H, 2), b1 (2A, 1, H), W2 (2A, 4, H), b2 (2A, 1, 4), the A encoders first, then
-    the A decoders; ``x`` (A, batch, 2); ``noise``: the standard-normal draws in the objective's order
+    ``enc`` / ``dec``: the A encoders' and the A decoders' W1 (A, H, 2), b1 (A, 1, H), W2 (A, 4, H),
+    b2 (A, 1, 4); ``x`` (A, batch, 2); ``noise``: the standard-normal draws in the objective's order
     (encoder sample; then, for MIM's decoder-sampled half, the anchor's z and the decoder sample), each
-    (A, batch, 2). MIM's two halves share each network pass: [x; z_a] first, then [x_d; z].
+    (A, batch, 2). MIM's two halves share each network pass, encoders and decoders stacked ([x; z_a]
+    first, then [x_d; z]), and one evaluation of the Gaussian log-density (the anchor's as N(0, I)).
+    ``ws``: buffers reused between calls (:func:`gaussian_block`).
     """
+    ws = ws if ws is not None else _Workspace()
     a = x.shape[0]
-    if objective == "vae":
-        enc, dec = [p[:a] for p in params], [p[a:] for p in params]
-        mq, sq = _gaussian(mlp_block(x, *enc), min_std)
+    if objective != "vae":
+        if options.warmup != "rescale" and beta != 1.0:
+            raise ValueError("a bucket computes MIMOptions(warmup='rescale') only")
+        weight = 0.0 if objective == "amim" else (beta if options.decoder_start == "always" else float(beta >= 1.0))
+    if objective == "vae" or weight == 0:   # the VAE, or MIM's encoder-sampled half only
+        mq, sq = gaussian_block(x, *enc, min_std, ws, "enc")
         z = mq + noise[0] * sq
-        log_qzx = _log_prob(z, mq, sq)
-        mp, sp = _gaussian(mlp_block(z, *dec), min_std)
-        log_pxz = _log_prob(x, mp, sp)
-        log_pz = _log_standard(z)
-        kl = log_qzx - log_pz
-        return -log_pxz + beta * kl, {"log p(x|z)": log_pxz, "log p(z)": log_pz, "log q(z|x)": log_qzx, "kl": kl}
-    if options.warmup != "rescale" and beta != 1.0:
-        raise ValueError("a bucket computes MIMOptions(warmup='rescale') only")
-    weight = 0.0 if objective == "amim" else (beta if options.decoder_start == "always" else float(beta >= 1.0))
-    if weight == 0:   # the encoder-sampled half only
-        enc, dec = [p[:a] for p in params], [p[a:] for p in params]
-        mq, sq = _gaussian(mlp_block(x, *enc), min_std)
-        z = mq + noise[0] * sq
-        log_qzx = _log_prob(z, mq, sq)
-        mp, sp = _gaussian(mlp_block(z, *dec), min_std)
-        log_pxz = _log_prob(x, mp, sp)
-        log_pz = _log_standard(z)
+        mp, sp = gaussian_block(z, *dec, min_std, ws, "dec")
+        zeros, ones = ws.full(z.shape, 0.0, z), ws.full(z.shape, 1.0, z)
+        lp = _log_prob(torch.cat([z, x, z]), torch.cat([mq, mp, zeros]), torch.cat([sq, sp, ones]))
+        log_qzx, log_pxz, log_pz = lp[:a], lp[a:2 * a], lp[2 * a:]
+        if objective == "vae":
+            kl = log_qzx - log_pz
+            return -log_pxz + beta * kl, {"log p(x|z)": log_pxz, "log p(z)": log_pz, "log q(z|x)": log_qzx,
+                                          "kl": kl}
     else:
+        params = [torch.cat([e, d]) for e, d in zip(enc, dec)]
         z_a = noise[1]
-        m1, s1 = _gaussian(mlp_block(torch.cat([x, z_a]), *params), min_std)      # q(z|x), p(x|z_a)
-        drawn = m1 + torch.cat([noise[0], noise[2]]) * s1                          # [z; x_d]
-        lp1 = _log_prob(drawn, m1, s1)
-        m2, s2 = _gaussian(mlp_block(torch.cat([drawn[a:], drawn[:a]]), *params), min_std)   # q(z|x_d), p(x|z)
-        lp2 = _log_prob(torch.cat([z_a, x]), m2, s2)
-        lpz = _log_standard(torch.cat([drawn[:a], z_a]))
-        log_qzx, log_pxz, log_pz = lp1[:a], lp2[a:], lpz[:a]
+        m1, s1 = gaussian_block(torch.cat([x, z_a]), *params, min_std, ws, "pass 1")   # q(z|x), p(x|z_a)
+        drawn = m1 + torch.cat([noise[0], noise[2]]) * s1                               # [z; x_d]
+        m2, s2 = gaussian_block(drawn.roll(a, 0), *params, min_std, ws, "pass 2")       # q(z|x_d), p(x|z)
+        zeros, ones = ws.full(drawn.shape, 0.0, drawn), ws.full(drawn.shape, 1.0, drawn)
+        # log q(z|x), log p(x_d|z_a); log q(z_a|x_d), log p(x|z); log p(z), log p(z_a)
+        lp = _log_prob(torch.cat([drawn, z_a, x, drawn[:a], z_a]), torch.cat([m1, m2, zeros]),
+                       torch.cat([s1, s2, ones]))
+        log_qzx, log_pxz, log_pz = lp[:a], lp[3 * a:4 * a], lp[4 * a:5 * a]
     lqx = log_pxz + log_pz - log_qzx
     enc_value = -0.5 * (log_pxz + log_pz + beta * (log_qzx + lqx))
     terms = {"enc/log p(x|z)": log_pxz, "enc/log p(z)": log_pz, "enc/log q(z|x)": log_qzx, "enc/log q(x)": lqx}
@@ -164,7 +230,7 @@ def bucket_loss(objective: str, params: Sequence[torch.Tensor], x: torch.Tensor,
         return enc_value, terms
     if weight == 0:
         return 0.5 * enc_value, terms
-    d_pxz, d_pz, d_qzx = lp1[a:], lpz[a:], lp2[:a]
+    d_pxz, d_qzx, d_pz = lp[a:2 * a], lp[2 * a:3 * a], lp[5 * a:]
     dec_value = -0.5 * (d_pxz + d_pz + beta * (d_qzx + d_pxz))
     terms.update({"dec/log p(x|z)": d_pxz, "dec/log p(z)": d_pz, "dec/log q(z|x)": d_qzx, "dec/log q(x)": d_pxz})
     return 0.5 * (enc_value + weight * dec_value), terms
@@ -333,11 +399,12 @@ _TERMS["amim"] = _TERMS["mim-encoder-half"]
 class _Engine:
     """The stacked models being trained: parameters and Adam moments of ``rows`` (the active models) in
     flat buffers (W1 | b1 | W2 | b2, encoders then decoders, ``width`` hidden units), and the step:
-    :func:`bucket_loss`, autograd and :func:`_adam`."""
+    :func:`bucket_loss`, autograd and :func:`_adam`, with the buffers of the hidden activations reused."""
 
     def __init__(self, objective, options, n_seeds, seed_of, min_std):
         self.objective, self.options, self.n, self.seed_of_all, self.min_std = (objective, options, n_seeds,
                                                                                 seed_of, min_std)
+        self.ws = _Workspace()
 
     # layout ---------------------------------------------------------------------------------------
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -346,13 +413,26 @@ class _Engine:
         shapes = ((r, h, 2), (r, 1, h), (r, 4, h), (r, 1, 4))
         return [t.view(s) for t, s in zip(flat.split(sizes), shapes)]
 
+    def _halves(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The encoders' and the decoders' 4 tensors (views of ``flat``)."""
+        a = self.rows.numel()
+        views = self.views(flat)
+        return [v[:a] for v in views], [v[a:] for v in views]
+
     def set(self, rows: torch.Tensor, width: int, tensors: Sequence[Sequence[torch.Tensor]]) -> None:
         """New active rows: ``tensors`` = (parameters, first moments, second moments), each 4 tensors."""
         self.rows, self.width = rows, width
         self.pick = self.seed_of_all[rows].contiguous()
+        # every model reads its own seed's data in order (one group, all its models training): no gather
+        self.identity = bool(torch.equal(self.pick, torch.arange(self.n)))
         self.theta, self.m, self.v = (torch.cat([t.reshape(-1) for t in ts]).contiguous() for ts in tensors)
         self.grad = torch.zeros_like(self.theta)
-        self.leaves = [t.detach().requires_grad_() for t in self.views(self.theta)]
+        enc, dec = self._halves(self.theta)
+        # autograd's leaves: views of theta, encoders and decoders apart (their gradients, concatenated in
+        # this order, are the layout of the flat buffers)
+        self.enc = [t.detach().requires_grad_() for t in enc]
+        self.dec = [t.detach().requires_grad_() for t in dec]
+        self.leaves = [t for pair in zip(self.enc, self.dec) for t in pair]
 
     def shrink(self, rows: torch.Tensor, width: int) -> None:
         """Keep only ``rows`` (a subset of the active ones) and ``width`` hidden units (zero beyond)."""
@@ -369,33 +449,38 @@ class _Engine:
             buf[i].normal_(generator=gen)
         return buf
 
+    def _inputs(self, xb: torch.Tensor, noise: torch.Tensor):
+        if self.identity:
+            return xb, list(noise)
+        return xb.index_select(0, self.pick), list(noise.index_select(1, self.pick))
+
+    def _loss(self, kind, enc, dec, xb, noise, beta):
+        objective = "amim" if kind == "amim" else ("vae" if kind == "vae" else "mim")
+        options = self.options if kind != "mim-encoder-half" else MIMOptions(decoder_start="after_warmup")
+        x, eps = self._inputs(xb, noise)
+        return bucket_loss(objective, enc, dec, x, eps, beta, self.min_std, options, ws=self.ws)
+
     def loss_sums(self, xb: torch.Tensor, noise: torch.Tensor, beta: float, kind: str, weight: float,
                   grad: bool, sums: torch.Tensor) -> float:
         """Adds the per-model sums of the loss and its terms to ``sums`` ((1 + terms) x A); the
         gradient into ``self.grad`` if ``grad``; returns the summed batch-mean loss."""
-        objective = "amim" if kind == "amim" else ("vae" if kind == "vae" else "mim")
-        options = self.options if kind != "mim-encoder-half" else MIMOptions(decoder_start="after_warmup")
         with torch.enable_grad() if grad else torch.no_grad():
-            value, terms = bucket_loss(objective, self.leaves, xb.index_select(0, self.pick),
-                                       [e.index_select(0, self.pick) for e in noise], beta, self.min_std, options)
+            value, terms = self._loss(kind, self.enc, self.dec, xb, noise, beta)
             total = value.mean(-1).sum()
-            if grad and math.isfinite(total.item()):
-                grads = torch.autograd.grad(total, self.leaves)
-                torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+            out = total.item()
+            if grad and math.isfinite(out):
+                torch.cat([g.reshape(-1) for g in torch.autograd.grad(total, self.leaves)], out=self.grad)
         with torch.no_grad():
-            sums += torch.stack([value.detach(), *(t.detach() for t in terms.values())]).sum(-1)
-        return total.item()
+            sums.add_(torch.stack([value, *terms.values()]).sum(-1))
+        return out
 
     def adam(self, step: int, lr: float) -> None:
         _adam([self.theta], [self.grad], [[self.m], [self.v]], step, lr)
 
     def message(self, xb, noise, beta, kind, epoch, step, members, seeds) -> str:
         """The error of a non-finite training loss (recomputed, for its terms)."""
-        objective = "amim" if kind == "amim" else ("vae" if kind == "vae" else "mim")
-        options = self.options if kind != "mim-encoder-half" else MIMOptions(decoder_start="after_warmup")
         with torch.no_grad():
-            value, terms = bucket_loss(objective, self.views(self.theta), xb.index_select(0, self.pick),
-                                       [e.index_select(0, self.pick) for e in noise], beta, self.min_std, options)
+            value, terms = self._loss(kind, *self._halves(self.theta), xb, noise, beta)
         return _nonfinite(epoch, step, value, terms, self.rows, members, seeds)
 
 

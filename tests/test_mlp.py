@@ -73,6 +73,22 @@ def test_sample_dimension_input_equals_one_product_per_sample():
             torch.testing.assert_close(q.stddev[s], one.stddev, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("hidden,batch", [(5, 7), (5, 3000), (500, 300), (500, 1200)])
+def test_without_gradients_the_networks_compute_the_same_in_pieces(hidden, batch, monkeypatch):
+    """Without gradients a network runs in place over pieces of the batch (mlp._block_no_grad; here
+    pieces of ~100 points for the wide ones): the numbers of the autograd path, to the order of sums."""
+    monkeypatch.setattr(mlp, "_PIECE", 1 << 17)
+    torch.manual_seed(2)
+    net = MixtureModel2D(hidden, [0, 1, 2]).dec
+    z = 3 * torch.randn(3, batch, 2)
+    with torch.no_grad():
+        a = net(z)
+    b = net(z)
+    assert b.mean.requires_grad and not a.mean.requires_grad
+    torch.testing.assert_close(a.mean, b.mean.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.stddev, b.stddev.detach(), rtol=1e-6, atol=0)
+
+
 def test_initialisation_and_legacy_layout():
     """Weights start from the same draws as before the (out, in) layout; version-1 state dicts load."""
     model = MixtureModel2D(6, [4, 9])

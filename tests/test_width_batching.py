@@ -205,3 +205,28 @@ def test_buckets_of_the_book_widths_and_group_identity(tmp_path):
     for (o, h), model in sweep.models.items():
         one, _ = M.train_group(o, h, cfg)   # alone (no runs folder): the same model
         _close(one, model)
+
+
+@pytest.mark.parametrize("m,b,h", [(3, 21, 7), (2, 130, 300)])
+def test_gaussian_block_is_autograd_of_the_module_s_operations(m, b, h):
+    """gaussian_block (the bucket's networks, with their written-out backward) against autograd through
+    GaussianMLP's operations, in float64, some log-stds clamped; its buffers reused across calls."""
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(*s, generator=g, dtype=torch.float64) for s in ((m, b, 2), (m, h, 2), (m, 1, h), (m, 4, h),
+                                                                       (m, 1, 4))]
+    args[4][:, :, 2:] += 9.5   # log-stds about the clamp at 10
+    ref_args = [t.clone().requires_grad_() for t in args]
+    out = torch.tanh(ref_args[0] @ ref_args[1].transpose(1, 2) + ref_args[2]) @ ref_args[3].transpose(1, 2) + ref_args[4]
+    mean, log_std = out.chunk(2, dim=-1)
+    ref = (mean, 1e-6 + torch.exp(log_std.clamp(max=10.0)))
+    assert bool((log_std > 10).any()) and bool((log_std < 10).any())
+    g_mean, g_std = torch.randn(m, b, 2, generator=g, dtype=torch.float64), torch.randn(m, b, 2, generator=g,
+                                                                                         dtype=torch.float64)
+    ref_grads = torch.autograd.grad(ref, ref_args, (g_mean, g_std))
+    ws = B._Workspace()
+    for _ in range(2):
+        ours = [t.clone().requires_grad_() for t in args]
+        got = B.gaussian_block(*ours, 1e-6, ws, "slot")
+        grads = torch.autograd.grad(got, ours, (g_mean, g_std))
+        for a, r in zip((*got, *grads), (*ref, *ref_grads)):
+            torch.testing.assert_close(a, r.detach(), rtol=1e-10, atol=1e-10)

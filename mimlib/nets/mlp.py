@@ -9,6 +9,8 @@ code floors the std at 1e-6). p(z) = P(z) = N(0, I) (appendix C).
 stacked weights, trained in one batched forward pass: a loss that is the sum of
 the per-model losses has gradients that are the per-model gradients, and Adam
 acts elementwise, so each model is trained exactly as it would be alone.
+Without gradients (evaluation), a network's hidden activations are computed in
+place and in pieces of the batch (:func:`_block_no_grad`), the same arithmetic.
 """
 
 from __future__ import annotations
@@ -122,6 +124,44 @@ class BatchedLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
 
+#: Without gradients, the hidden activations of at most this many elements are computed at a time (in
+#: place, in one buffer that stays in the CPU's caches; the NLL's importance samples of the widest models
+#: would take 400 MB at once).
+_PIECE = 1 << 20
+
+
+def _block_no_grad(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+                   ) -> torch.Tensor:
+    """``tanh(x W1^T + b1) W2^T + b2`` per model, x (n, batch, in), without gradients, over pieces of the
+    batch: the arithmetic of :class:`BatchedLinear` and :func:`fast_tanh`, each chosen (and each product's
+    layout, :func:`_bmm`) by the whole batch's size, so that the numbers do not depend on the pieces but
+    for the order of the products' sums."""
+    n, b, _ = x.shape
+    h, d_out = w1.shape[1], w2.shape[1]
+    large = n * b * h >= _LARGE
+    narrow1, narrow2 = large and h < 16 and b > h, large and d_out < 16 and b > d_out
+
+    def product(a, w, bias, narrow, out=None):   # bias + a W^T
+        if narrow:
+            r = torch.baddbmm(bias.transpose(1, 2), w, a.transpose(1, 2)).transpose(1, 2)
+            return r if out is None else out.copy_(r)
+        return torch.baddbmm(bias, a, w.transpose(1, 2), out=out)
+
+    step = max(1, _PIECE // (n * h))
+    out = x.new_empty(n, b, d_out)
+    buf = x.new_empty(n * min(b, step) * h)
+    for s in range(0, b, step):
+        xs = x[:, s:s + step]
+        y = product(xs, w1, b1, narrow1, out=buf[:n * xs.shape[1] * h].view(n, xs.shape[1], h))
+        if large:   # fast_tanh's 2 sigmoid(2 u) - 1 (u + u = 2 u, y + y = 2 y exactly), in place
+            torch.sigmoid(y.mul_(2.0), out=y)
+            y.mul_(2.0).sub_(1.0)
+        else:
+            torch.tanh(y, out=y)
+        out[:, s:s + step] = product(y, w2, b2, narrow2)
+    return out
+
+
 class GaussianMLP(nn.Module):
     """x -> N(mean(x), diag(std(x)^2)) with one tanh hidden layer, batched over models."""
 
@@ -140,7 +180,11 @@ class GaussianMLP(nn.Module):
         if x.dim() > 3 and x.shape[-3] == n:   # (..., n_models, batch, in): one 3-D product per layer
             lead = x.movedim(-3, 0).shape[1:-1]
             x = x.movedim(-3, 0).reshape(n, -1, x.shape[-1])
-        out = self.heads(fast_tanh(self.hidden_layer(x)))
+        if x.dim() == 3 and x.shape[0] == n and not torch.is_grad_enabled() and x.device.type == "cpu":
+            out = _block_no_grad(x, self.hidden_layer.weight, self.hidden_layer.bias, self.heads.weight,
+                                 self.heads.bias)
+        else:
+            out = self.heads(fast_tanh(self.hidden_layer(x)))
         if lead is not None:
             out = out.reshape(n, *lead, out.shape[-1]).movedim(0, -3)
         mean, log_std = out.chunk(2, dim=-1)
