@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 #: The revision before widths were trained in buckets (mimlib.bucket2d).
-BASELINE_REV = "dbef651"
+BASELINE_REV = "376365e"
 
 _SWEEP = """
 import json, sys, time
