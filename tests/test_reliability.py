@@ -423,6 +423,19 @@ def _tiny_fit(run_dir, **kw):
                run_dir=run_dir, progress=False, **kw)
 
 
+def _tiny_fit_interrupted(run_dir):
+    """:func:`_tiny_fit` stopped by an exception at the end of epoch 1 (its checkpoint left behind)."""
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch, model):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _tiny_fit(run_dir, on_epoch_end=stop)
+
+
 @pytest.mark.parametrize("failure", ["ENOSPC", "torch unexpected pos"])
 def test_a_full_disk_names_the_file_keeps_the_checkpoint_and_resumes(tmp_path, monkeypatch, failure):
     real_save, calls = torch.save, []
@@ -533,16 +546,7 @@ def test_evaluation_cache_write_failure_keeps_the_row(tmp_path):
 
 def test_orphans_of_killed_writers_are_removed_on_the_next_start(tmp_path):
     run = tmp_path / "run"
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(epoch, model):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        _tiny_fit(run, on_epoch_end=stop)
+    _tiny_fit_interrupted(run)
     orphans = [run / "checkpoint.ptk2j3h4.tmp", run / ".eval-0123456789.json.ab12.tmp"]
     young = run / "checkpoint.ptyoung1.tmp"        # as a writer that takes no lock (older mimlib) would have
 
@@ -606,15 +610,7 @@ def test_run_files_honour_the_umask(tmp_path, umask):
     so a shared runs or results folder stays readable to others."""
     old = os.umask(umask)
     try:
-        class Interrupt(Exception):
-            pass
-
-        def stop(epoch, model):
-            if epoch == 1:
-                raise Interrupt
-
-        with pytest.raises(Interrupt):
-            _tiny_fit(tmp_path / "stopped", on_epoch_end=stop)          # leaves checkpoint.pt
+        _tiny_fit_interrupted(tmp_path / "stopped")                  # leaves checkpoint.pt
         _tiny_fit(tmp_path / "done")                                     # leaves final.pt
         write_results(pd.DataFrame({"a": [1]}), tmp_path, "images")
         d = write_record(tmp_path / "records", RunRecord("study", "run", {"a": 1}, pd.DataFrame({"epoch": [0]})))
