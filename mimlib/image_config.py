@@ -18,6 +18,7 @@ today's form. The named presets are in :mod:`mimlib.presets`; training and evalu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,9 @@ from .train import FitConfig, config_hash
 __all__ = ["ImageStudyConfig", "MODELS", "PRIOR_SHORT", "run_name"]
 
 PRIOR_SHORT = {"standard": "S", "vampprior": "VP"}
+
+#: The VampPrior's settings: not part of a run's identity under the standard prior (they change nothing there).
+PSEUDO_INPUT_FIELDS = ("n_pseudo", "pseudo_init")
 
 #: The models of the image studies: name -> class (same constructor and interface).
 MODELS: dict[str, type[ConvHVAE]] = {"convhvae": ConvHVAE, "pixelhvae": PixelHVAE}
@@ -151,12 +155,19 @@ class ImageStudyConfig:
     def run_key(self) -> dict[str, Any]:
         """What a trained model (and its training history) depends on: names its run folder.
 
-        Derived from the field tags (:mod:`mimlib.configs`): the ``grid`` and ``train`` fields.
+        Derived from the field tags (:mod:`mimlib.configs`): the ``grid`` and ``train`` fields, with
+        :data:`PSEUDO_INPUT_FIELDS` at their defaults under the standard prior.
         Evaluation settings, the preset label, threads, device, precision and memory layout are
         left out, so changing them never retrains (a run trained in bf16 loads and resumes on a
         float32 machine; its history records the precision of every epoch).
         """
-        return {"study": "images", **C.key(self, "grid", "train")}
+        key = {"study": "images", **C.key(self, "grid", "train")}
+        if self.prior == "standard":
+            # no pseudo-inputs under N(0, I): their settings cannot change what is trained, so the run
+            # is named as with the defaults (a book-preset run of the standard prior is the same run
+            # before and after the presets adopted pseudo_init="data")
+            key.update({f.name: f.default for f in dataclasses.fields(self) if f.name in PSEUDO_INPUT_FIELDS})
+        return key
 
     def eval_key(self) -> dict[str, Any]:
         """What an evaluation row depends on besides the trained model (names its cache file; the

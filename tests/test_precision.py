@@ -167,8 +167,14 @@ def test_every_image_field_has_a_group_and_moves_the_name_it_should():
             return 7
         return (v[0],) if isinstance(v, tuple) else (not v if isinstance(v, bool) else type(v)(v * 2 + 1))
 
+    from mimlib.image_config import PSEUDO_INPUT_FIELDS
+
     for f in C.fields_of(cfg, "grid", "train"):
-        assert S.run_name(dataclasses.replace(cfg, **{f: changed(f)})) != base, f
+        moved = S.run_name(dataclasses.replace(cfg, **{f: changed(f)})) != base
+        assert moved != (f in PSEUDO_INPUT_FIELDS), f      # the standard prior has no pseudo-inputs
+    vamp = dataclasses.replace(cfg, prior="vampprior")
+    for f in PSEUDO_INPUT_FIELDS:                          # ... the VampPrior has
+        assert S.run_name(dataclasses.replace(vamp, **{f: changed(f)})) != S.run_name(vamp), f
     for f in C.fields_of(cfg, "evaluate"):
         other = dataclasses.replace(cfg, **{f: changed(f)})
         assert S.run_name(other) == base and other.eval_key() != base_eval, f
