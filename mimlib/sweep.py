@@ -117,7 +117,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["STUDIES", "parse_grid", "parse_sets", "expand", "cost", "run_one", "run_grid", "SweepError",
-           "CONFIG_ERRORS", "main"]
+           "CONFIG_ERRORS", "commands", "main"]
 
 #: The studies a sweep runs (those of :mod:`mimlib.presets`).
 STUDIES = ("images", "pixelhvae", "mixture2d")
@@ -609,6 +609,48 @@ def _run_tasks(study, todo: list[Run], workers, scheduler, retries, runs_dir, re
             submit_ready()
 
 
+def commands(study: str, preset: str, grid: dict[str, list], overrides: dict[str, Any] | None = None, *,
+             runs_dir: str | os.PathLike = "runs", records_dir: str | os.PathLike | None = None,
+             python: str = "python") -> list[str]:
+    """One shell command per run of an image study that is not yet recorded, longest first: the
+    ``python -m mimlib.image_study`` line that trains, evaluates and records exactly that run (so a
+    grid runs without Dask: ``xargs -P``, GNU parallel, a batch system's job array). Every setting
+    that differs from the preset is passed with ``--set`` (checked: each line resolves to its run's name)."""
+    import shlex
+
+    from .image_cli import parse_command_line
+
+    if study == "mixture2d":
+        raise SweepError("commands are for the image studies (images, pixelhvae); a 2-D sweep runs with run_grid")
+    runs = expand(study, preset, grid, overrides)
+    bad = [f"{r.name}: {r.error}" for r in runs if r.config is None]
+    if bad:
+        raise SweepError("invalid runs: " + "; ".join(bad))
+    from . import presets
+
+    out = []
+    for r in sorted(runs, key=lambda r: -r.cost):
+        if _recorded(study, r.config, _abs(records_dir)) is not None:
+            continue
+        cfg, base = r.config, presets.resolve(study, preset, dataset=r.config.dataset, objective=r.config.objective)
+        named = {"dataset", "objective", "seed", "prior", "model", "preset"}
+        sets = [f"{f.name}={json.dumps(_plain(getattr(cfg, f.name)))}" for f in dataclasses.fields(cfg)
+                if f.name not in named and getattr(cfg, f.name) != getattr(base, f.name)]
+        argv = ["--preset", preset, "--dataset", cfg.dataset, "--objective", cfg.objective, "--seed", str(cfg.seed),
+                "--runs-dir", str(runs_dir)]
+        argv += ["--model", cfg.model] if study == "pixelhvae" else ["--prior", cfg.prior]
+        if records_dir is not None:
+            argv += ["--records-dir", str(records_dir)]
+        if sets:
+            argv += ["--set", *sets]
+        again, _ = parse_command_line(argv)
+        from .image_study import run_name
+        if run_name(again) != r.name:      # the line must make exactly this run
+            raise AssertionError(f"command for {r.name} makes {run_name(again)}")
+        out.append(shlex.join([python, "-m", "mimlib.image_study", *argv]))
+    return out
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -629,9 +671,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records-dir", default=None, help="also record every run there (e.g. book/results/records)")
     ap.add_argument("--results", default=None, help="CSV of the results table, rewritten as runs finish")
     ap.add_argument("--dry-run", action="store_true", help="print the runs in the order they would start, and exit")
+    ap.add_argument("--commands", action="store_true",
+                    help="print one 'python -m mimlib.image_study' line per run not yet recorded (longest first), "
+                         "to run without Dask (xargs -P, a job array), and exit")
     args = ap.parse_args(argv)
     try:
         grid, overrides = parse_grid(args.grid), parse_sets(args.set)
+        if args.commands:
+            print("\n".join(commands(args.study, args.preset, grid, overrides, runs_dir=args.runs_dir,
+                                      records_dir=args.records_dir, python=os.environ.get("MIMLIB_PYTHON", "python"))))
+            return 0
         if args.dry_run:
             runs = expand(args.study, args.preset, grid, overrides)
             records = _abs(args.records_dir)

@@ -246,3 +246,34 @@ def test_command_line_on_recorded_runs_reads_them(tiny_sweep, tmp_path, monkeypa
     out = pd.read_csv(tmp_path / "out.csv")
     assert list(out.name) == list(table.name) and (out.source == "recorded").all()
     assert "4 of 4 rows done" in capsys.readouterr().out
+
+
+def test_commands_make_exactly_the_runs_not_yet_recorded(tiny_sweep, tmp_path):
+    """--commands lists the unrecorded runs only, longest first; a listed line, run as a process,
+    trains and records exactly the run the sweep would have made (same name, same numbers)."""
+    import shlex
+    import subprocess
+    import sys
+
+    root, table, _ = tiny_sweep
+    grid = {"objective": ["vae", "mim"], "seed": [0, 1, 2]}
+    runs = sweep.expand("images", "smoke", grid, TINY)
+    lines = sweep.commands("images", "smoke", grid, TINY, runs_dir=tmp_path / "runs", records_dir=root / "rec",
+                           python=sys.executable)
+    from mimlib.image_cli import parse_command_line
+    from mimlib.image_study import run_name
+
+    new = [r.name for r in runs if r.config.seed == 2]
+    named = [run_name(parse_command_line(shlex.split(line)[3:])[0]) for line in lines]
+    assert len(lines) == 2 and sorted(named) == sorted(new) and "--objective mim" in lines[0]   # MIM first
+    vae = shlex.split(lines[1])
+    assert subprocess.run(vae, check=False, capture_output=True, text=True).returncode == 0
+    assert sweep.commands("images", "smoke", grid, TINY, records_dir=root / "rec") == [
+        sweep.commands("images", "smoke", grid, TINY, records_dir=root / "rec")[0]]    # the VAE is recorded now
+    cfg = next(r.config for r in runs if r.config.seed == 2 and r.config.objective == "vae")
+    row = sweep.run_one("images", cfg, runs_dir=tmp_path / "again", records_dir=None, n_tsne=20)
+    recorded = sweep._recorded("images", cfg, str(root / "rec"))[0]
+    for k in ("best_val_loss", "knn5", "nll_is", "recon", "active_units"):
+        assert recorded[k] == pytest.approx(row[0][k] if isinstance(row, list) else row[k], rel=1e-6), k
+    with pytest.raises(sweep.SweepError, match="image studies"):
+        sweep.commands("mixture2d", "smoke", {"seeds": [[0]]})
