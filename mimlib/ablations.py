@@ -29,7 +29,7 @@ from . import image_study, presets
 from .nets.hvae import LOGVAR_MIN
 from .records import read_evaluation, read_record
 
-__all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "REPLICATED", "recorded_seeds",
+__all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "REPLICATED", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
            "seed_summary", "objective_gap", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
            "log_prior_ceiling"]
 
@@ -101,6 +101,11 @@ ANALYSES: list[tuple[str, str, tuple[str, ...]]] = [
 #: The cells the candidate adoption rests on, trained at further seeds: convHVAE (VP) MIM and VAE at each
 #: pseudo-input initialisation, with the anchor's z (the book's ``mim_decoder_z``).
 REPLICATED: list[Variant] = [v for v in SCREEN if v.model == "convhvae" and v.settings["mim_decoder_z"] == "anchor"]
+
+#: A-MIM (PixelHVAE) cells trained at a further seed: the book's levels, the data initialisation alone (the
+#: A-MIM of chapter 06's adopted preset) and the reference's optimiser alone.
+REPLICATED_AMIM: list[Variant] = [Variant("pixelhvae", "amim"), Variant("pixelhvae", "amim", {"pseudo_init": "data"}),
+                                  Variant("pixelhvae", "amim", {"optimizer": "adam-normgrad"})]
 
 
 def at_book_levels(results: pd.DataFrame, model: str, objective: str, factors: tuple[str, ...]) -> pd.DataFrame:
@@ -186,6 +191,21 @@ def recorded_seeds(variant: Variant, records_dir, preset: str = "screen", seeds:
                 and read_evaluation(records_dir, image_study.STUDY, name, cfg.eval_key()) is not None):
             have.append(seed)
     return have
+
+
+def seed_runs(per_cell: list[tuple[Variant, list[int]]], preset: str = "screen", **kwargs: Any) -> pd.DataFrame:
+    """The results of every (variant, seeds) of ``per_cell`` (trained, or read from ``records_dir``:
+    ``kwargs`` go to :func:`run_variants`), one row per run, with the rate and E log p(z) of its last
+    epoch's training batches (:func:`rate`, :func:`log_prior`)."""
+    parts = []
+    for v, seeds in per_cell:
+        if not seeds:
+            continue
+        study = run_variants([v], preset, seeds=tuple(seeds), **kwargs)
+        last = study.history.sort_values("epoch").groupby(["variant", "seed"]).tail(1).set_index(["variant", "seed"])
+        parts.append(study.results.join(pd.DataFrame({"rate": rate(last), "log_pz": log_prior(last)}),
+                                        on=["variant", "seed"]))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def seed_summary(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
