@@ -8,8 +8,11 @@ and runs folders, exactly as ``make smoke`` (what CI runs) does. ``records``: th
 its committed preset from a temporary copy of ``book/results`` (run records included) and an empty runs
 folder, so nothing can be loaded from weights: the time of re-executing the committed page without
 training (chapters whose runs have records only). Each measurement is appended to
-``benchmarks/results/chapter_times.csv`` with the machine (:func:`mimlib.precision.machine_label`), the
-precision ``auto`` resolves to, and the date. Run it on an otherwise idle machine.
+``benchmarks/results/chapter_times.csv`` with its wall and CPU seconds (papermill and its kernel), the
+machine (:func:`mimlib.precision.machine_label`), the precision ``auto`` resolves to, the date and the
+1-minute load average when it started. Run it on an otherwise idle machine; where other work shares the
+CPU (load above 0), the wall time is longer than on an idle machine and the CPU time is the figure to
+read (the box says so).
 
 ``--refresh-boxes`` then executes the box cell of each committed chapter notebook (``book/<chapter>.ipynb``,
 the cell that calls :func:`mimlib.costs.rerun_box`) on its own and writes its new output into the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,20 +45,23 @@ from mimlib.precision import describe, machine_label, resolve_precision  # noqa:
 BIN = Path(sys.executable).parent
 
 
-def _papermill(chapter: str, work: Path, params: list[str]) -> float:
-    """Seconds of one papermill execution of ``book/<chapter>.py`` (converted to a notebook in ``work``)."""
+def _papermill(chapter: str, work: Path, params: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (papermill and its kernel: user + system time of the finished child
+    processes) of one papermill execution of ``book/<chapter>.py`` (converted to a notebook in ``work``)."""
     src, out = work / "src.ipynb", work / f"{chapter}.ipynb"
     subprocess.run([BIN / "jupytext", "--quiet", "--to", "ipynb", "--output", src, ROOT / "book" / f"{chapter}.py"],
                    check=True)
     env = {**os.environ, "MIMLIB_PROGRESS": "0"}
     env.setdefault("MIMLIB_DATA", str(ROOT.parent / "shared" / "data"))
-    t = time.perf_counter()
+    t, r = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([BIN / "papermill", "--log-level", "WARNING", "-k", "python3", "--cwd", ROOT / "book",
                     src, out, *params], check=True, env=env)
-    return time.perf_counter() - t
+    wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - r.ru_utime) + (after.ru_stime - r.ru_stime)
 
 
-def measure(chapter: str, mode: str) -> float:
+def measure(chapter: str, mode: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of re-running ``chapter`` in ``mode`` (module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "runs").mkdir()
@@ -108,10 +115,11 @@ def main(argv: list[str] | None = None) -> None:
             if mode == "records" and not costs.CHAPTERS[chapter].records:
                 print(f"{chapter}: no run records yet, 'records' skipped")
                 continue
-            s = measure(chapter, mode)
-            print(f"{chapter} {mode}: {s:.1f} s")
+            busy = os.getloadavg()[0]
+            s, cpu = measure(chapter, mode)
+            print(f"{chapter} {mode}: {s:.1f} s wall, {cpu:.1f} s CPU (load average {busy:.1f} at the start)")
             rows.append(dict(chapter=chapter, mode=mode, seconds=round(s, 1), machine=machine, precision=prec,
-                             date=time.strftime("%Y-%m-%d")))
+                             date=time.strftime("%Y-%m-%d"), cpu_seconds=round(cpu, 1), load=round(busy, 1)))
     table = pd.concat([costs.chapter_times(args.out), pd.DataFrame(rows)], ignore_index=True)
     buf = io.StringIO()
     table.to_csv(buf, index=False)

@@ -53,8 +53,9 @@ CHAPTERS: dict[str, _Chapter] = {
 
 
 def chapter_times(path: str | Path = TIMES_CSV) -> pd.DataFrame:
-    """The measured chapter wall times (columns chapter, mode, seconds, machine, precision, date); empty if none."""
-    cols = ["chapter", "mode", "seconds", "machine", "precision", "date"]
+    """The measured chapter times (columns chapter, mode, seconds (wall), machine, precision, date, cpu_seconds,
+    load: the 1-minute load average at the start; the last two empty in older rows); empty if none."""
+    cols = ["chapter", "mode", "seconds", "machine", "precision", "date", "cpu_seconds", "load"]
     p = Path(path)
     return pd.read_csv(p) if p.is_file() else pd.DataFrame(columns=cols)
 
@@ -72,7 +73,12 @@ def _latest(times: pd.DataFrame, chapter: str, mode: str) -> str | None:
     if t.empty:
         return None
     r = t.iloc[-1]
-    return f"{_duration(float(r['seconds']))} wall on {r['machine']}, {r['precision']} ({r['date']})"
+    cpu = r.get("cpu_seconds")
+    cpu = "" if cpu is None or pd.isna(cpu) else f" ({_duration(float(cpu))} CPU)"
+    load = r.get("load")
+    shared = ("" if load is None or pd.isna(load) or float(load) < 0.5 else
+              f"; other work shared the CPU (load average {float(load):.1f}), so the wall time is longer than idle")
+    return f"{_duration(float(r['seconds']))} wall{cpu} on {r['machine']}, {r['precision']} ({r['date']}){shared}"
 
 
 def _where(rows: pd.DataFrame) -> str:

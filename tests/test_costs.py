@@ -24,6 +24,12 @@ def test_costs_sum_the_chapters_measured_seconds_and_show_the_arithmetic(tmp_pat
     assert t["book preset, from scratch"].startswith("90 min of training + 2 min of evaluation")
     assert "Test CPU (AVX2)" in t["book preset, from scratch"]
     assert "re-executing retrains" in t["book preset, from the committed run records"]
+    # a newer row with CPU time and a busy machine: the latest is shown, and the box says the CPU was shared
+    busy = pd.concat([times, pd.DataFrame([dict(chapter="05_images", mode="smoke", seconds=300.0, machine="Test CPU",
+                                                precision="fp32", date="2026-12-02", cpu_seconds=110.0, load=2.4)])])
+    t2 = costs.rerun_costs("05_images", results_dir=tmp_path, times=busy).set_index("how")["measured"]
+    assert t2["smoke preset (what CI runs)"] == ("5 min wall (110 s CPU) on Test CPU, fp32 (2026-12-02); other work "
+                                                 "shared the CPU (load average 2.4), so the wall time is longer than idle")
     # paper row: its epoch cap x the measured seconds per step (mean of 3.6 and 1.8 s) x 500 steps per pass
     paper = presets.resolve("images", "paper")
     per_epoch = (3.6 + 1.8) / 2 * 50_000 / paper.batch_size
