@@ -302,15 +302,8 @@ for title, diff in (("pseudo_init: data - normal", init_diff), ("MIM - VAE", gap
 # The same, in words (generated; the interval is printed only with two seeds or more):
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
-names = {"knn5": "5-NN (sampled)", "knn5_mean": "5-NN (mean codes)", "active_z2": "active z2", "nll_is": "NLL"}
-lines = []
-for title, diff, by in (("data init minus normal", init_diff, "objective"), ("MIM minus VAE", gap, "pseudo_init")):
-    for _, r in (ablations.seed_summary(diff) if len(diff) else pd.DataFrame()).iterrows():
-        key = r.readout.split(" (")[0]
-        if key in names:
-            ci = f" [{r.lo:+.3g}, {r.hi:+.3g}]" if r.seeds > 1 else ""
-            lines.append(f"- {title}, {r[by]}: {names[key]} {r['mean']:+.3g}{ci}, {r.seeds} seed(s), "
-                         f"same sign at {r.same_sign} of {r.seeds} (per seed: {r.per_seed})")
+lines = [*ablations.summary_lines(init_diff, "data init minus normal", "objective"),
+         *ablations.summary_lines(gap, "MIM minus VAE", "pseudo_init")]
 display(Markdown("\n".join(lines) or "(no paired runs)"))
 
 # %% [markdown]

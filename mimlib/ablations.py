@@ -29,7 +29,7 @@ from . import image_study, presets
 from .nets.hvae import LOGVAR_MIN
 from .records import read_evaluation, read_record
 
-__all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "REPLICATED", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
+__all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "REPLICATED", "ADOPTED", "READOUT_NAMES", "summary_lines", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
            "seed_summary", "objective_gap", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
            "log_prior_ceiling"]
 
@@ -101,6 +101,14 @@ ANALYSES: list[tuple[str, str, tuple[str, ...]]] = [
 #: The cells the candidate adoption rests on, trained at further seeds: convHVAE (VP) MIM and VAE at each
 #: pseudo-input initialisation, with the anchor's z (the book's ``mim_decoder_z``).
 REPLICATED: list[Variant] = [v for v in SCREEN if v.model == "convhvae" and v.settings["mim_decoder_z"] == "anchor"]
+
+#: The convHVAE (VP) cells of the configuration the book adopted (data-initialised pseudo-inputs, the
+#: anchor's z): MIM and the VAE, the comparison of the book's main question at the screen budget.
+ADOPTED: list[Variant] = [v for v in REPLICATED if v.settings["pseudo_init"] == "data"]
+
+#: Readable names of the readouts that the generated summaries speak about.
+READOUT_NAMES: dict[str, str] = {"knn5": "5-NN (sampled)", "knn5_mean": "5-NN (mean codes)",
+                                 "active_z2": "active z2", "nll_is": "NLL"}
 
 #: A-MIM (PixelHVAE) cells trained at a further seed: the book's levels, the data initialisation alone (the
 #: A-MIM of chapter 06's adopted preset) and the reference's optimiser alone.
@@ -228,6 +236,22 @@ def seed_summary(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                          "hi": mean + half, "seeds": n, "same_sign": int((np.sign(v) == np.sign(mean)).sum()),
                          "per_seed": ", ".join(f"{x:.3g}" for x in v)})
     return pd.DataFrame(rows)
+
+
+def summary_lines(diff: pd.DataFrame, title: str, by: str, names: dict[str, str] | None = None) -> list[str]:
+    """One Markdown bullet per (group, readout) of :func:`seed_summary` of ``diff`` (paired differences
+    with an index level ``seed``) whose readout is in ``names`` (default :data:`READOUT_NAMES`): the mean,
+    its 95% interval (two seeds or more), the seeds and how many share the mean's sign. ``by``: the
+    index level naming the group (e.g. ``"objective"``)."""
+    names = READOUT_NAMES if names is None else names
+    out = []
+    for _, r in (seed_summary(diff) if len(diff) else pd.DataFrame()).iterrows():
+        key = r.readout.split(" (")[0]
+        if key in names:
+            ci = f" [{r.lo:+.3g}, {r.hi:+.3g}]" if r.seeds > 1 else ""
+            out.append(f"- {title}, {r[by]}: {names[key]} {r['mean']:+.3g}{ci}, {r.seeds} seed(s), "
+                       f"same sign at {r.same_sign} of {r.seeds} (per seed: {r.per_seed})")
+    return out
 
 
 def objective_gap(results: pd.DataFrame, metrics: list[str], first: str = "mim", second: str = "vae",

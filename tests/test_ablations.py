@@ -181,3 +181,15 @@ def test_recorded_seeds_lists_the_seeds_with_a_record(tmp_path):
     v = A.REPLICATED[0]
     assert A.recorded_seeds(v, tmp_path, seeds=range(3)) == []
     assert {x.model for x in A.REPLICATED} == {"convhvae"} and len(A.REPLICATED) == 4
+
+
+def test_summary_lines_state_mean_interval_and_sign_agreement():
+    diff = pd.DataFrame({"knn5 (data - normal)": [1.0, 2.0, 3.0], "rate (data - normal)": [5.0, 5.0, 5.0]},
+                        index=pd.MultiIndex.from_tuples([("mim", s) for s in (0, 1, 2)], names=["objective", "seed"]))
+    lines = A.summary_lines(diff, "data init minus normal", "objective")
+    half = 4.302653 / 3 ** 0.5          # t_{0.975, 2} x s / sqrt(n), s = 1
+    assert lines == [f"- data init minus normal, mim: 5-NN (sampled) +2 [{2 - half:+.3g}, {2 + half:+.3g}], 3 seed(s), "
+                     "same sign at 3 of 3 (per seed: 1, 2, 3)"]          # the rate is not a named readout
+    one = A.summary_lines(diff.iloc[:1], "t", "objective")
+    assert one == ["- t, mim: 5-NN (sampled) +1, 1 seed(s), same sign at 1 of 1 (per seed: 1)"]
+    assert A.summary_lines(diff.iloc[:0], "t", "objective") == []
