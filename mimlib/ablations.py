@@ -23,11 +23,11 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from . import image_study, presets
 from .nets.hvae import LOGVAR_MIN
 from .records import read_evaluation, read_record
+from .seeds import seed_summary
 
 __all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "REPLICATED", "ADOPTED", "READOUT_NAMES", "summary_lines", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
            "seed_summary", "objective_gap", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
@@ -214,28 +214,6 @@ def seed_runs(per_cell: list[tuple[Variant, list[int]]], preset: str = "screen",
         parts.append(study.results.join(pd.DataFrame({"rate": rate(last), "log_pz": log_prior(last)}),
                                         on=["variant", "seed"]))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def seed_summary(per_seed: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Summarise per-seed values over the index level ``seed``: for each remaining row and column, the
-    mean, a Student-t interval at ``level`` (mean +- t_{n-1} s / sqrt(n); NaN for one seed), the number of
-    seeds, and how many of them share the mean's sign (``same_sign``). One row per (group, column)."""
-    if "seed" not in per_seed.index.names:
-        raise ValueError(f"per_seed needs an index level 'seed'; has {per_seed.index.names}")
-    keys = [n for n in per_seed.index.names if n != "seed"]
-    rows = []
-    for key, g in per_seed.groupby(level=keys, sort=False) if keys else [((), per_seed)]:
-        key = key if isinstance(key, tuple) else (key,)
-        for col in per_seed.columns:
-            v = g[col].dropna().to_numpy(dtype=float)
-            n = len(v)
-            mean = float(v.mean()) if n else float("nan")
-            half = (float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-                    if n > 1 else float("nan"))
-            rows.append({**dict(zip(keys, key)), "readout": col, "mean": mean, "lo": mean - half,
-                         "hi": mean + half, "seeds": n, "same_sign": int((np.sign(v) == np.sign(mean)).sum()),
-                         "per_seed": ", ".join(f"{x:.3g}" for x in v)})
-    return pd.DataFrame(rows)
 
 
 def summary_lines(diff: pd.DataFrame, title: str, by: str, names: dict[str, str] | None = None) -> list[str]:
