@@ -259,7 +259,8 @@ for model, objective, factors in ablations.ANALYSES:
 #
 # A screen of one seed cannot tell a factor's effect from the run-to-run spread. The four convHVAE cells
 # that the candidate change rests on (MIM and VAE, each pseudo-input initialisation, the anchor's $z$)
-# are trained at further seeds, with the same command and `--seed`; the seed fixes the initial weights,
+# are trained at further seeds (seeds 0-2; the two cells of the adopted configuration, data-initialised
+# MIM and VAE, at seed 3 as well), with the same command and `--seed`; the seed fixes the initial weights,
 # the pseudo-inputs drawn from the training set and the data order, so runs of one seed pair across
 # cells. Every recorded seed is read here (in the smoke preset, seeds 0 and 1 of the cells it trains):
 
@@ -312,12 +313,15 @@ display(Markdown("\n".join(lines) or "(no paired runs)"))
 # initialisation collapsed at seed 1 (its rate fell below one nat after the warm-up and its sampled codes
 # classify near chance) while the same seed with data-initialised pseudo-inputs did not. So the screen's
 # seed-0 reading of the initialisation's effect on MIM's 5-NN accuracy does not hold up. What holds at
-# every seed is in the lines above whose sign agrees at all seeds: the data initialisation wakes the top
-# latent of both objectives (every $z_2$ unit of the VAE, a dozen or more of MIM's) and, for the VAE,
-# improves the NLL and the mean-code 5-NN accuracy; for MIM its NLL and 5-NN effects change sign. And at
-# the data initialisation the VAE is ahead of MIM on the NLL, on the mean-code 5-NN accuracy and on the
-# number of active $z_2$ units at every seed (the intervals exclude zero), while on the sampled-code
-# 5-NN accuracy, the paper's measure, the two are not told apart by three seeds at this budget.
+# every seed is in the lines above whose sign agrees at all seeds. At seeds 0-2, where both
+# initialisations ran, the data initialisation wakes the top latent of both objectives (every $z_2$ unit
+# of the VAE, a dozen or more of MIM's) and, for the VAE, improves the NLL and the mean-code 5-NN
+# accuracy; for MIM its NLL and 5-NN effects change sign. But at seed 3 the data-initialised VAE left its
+# top latent inactive (no $z_2$ unit), while MIM's was active: the initialisation wakes a VampPrior VAE's
+# $z_2$ often, not always. At the data initialisation the VAE is ahead of MIM on the NLL and on the
+# mean-code 5-NN accuracy at all four seeds (the intervals exclude zero). The active-$z_2$ difference
+# changes sign at seed 3. On the sampled-code 5-NN accuracy, the paper's measure, the two are not told
+# apart by four seeds at this budget (the interval includes zero).
 
 # %% [markdown]
 # ### A-MIM at a second seed
@@ -442,23 +446,25 @@ display(Markdown("\n".join(lines)))
 # the top layer: with pseudo-inputs from training images every unit of $z_2$ is active, with the
 # book's $\mathcal{N}(0.05, 0.01)$ none is. So the reference's initialisation is what lets a VampPrior
 # VAE use its top latent at this budget, for both objectives when MIM keeps the anchor's $z$ (this holds
-# at all three seeds). At seed 0, MIM's best cell is still behind the VAE on the sampled-code 5-NN
+# at seeds 0-2; at seed 3 the data-initialised VAE's top latent stayed inactive). At seed 0, MIM's best
+# cell is still behind the VAE on the sampled-code 5-NN
 # accuracy, as in chapter 05's VampPrior cells; across seeds that gap is within the spread.
 #
 # ## What the book adopts, and what is left
 #
 # **Adopted: pseudo-inputs initialised from training images** (`pseudo_init="data"`, the reference's
 # choice) in the `book` presets of chapters 05 and 06, for both objectives. It costs nothing, it is what
-# the reference trains, and across three seeds it wakes the VampPrior's top latent for MIM and the VAE
-# and improves the VAE's NLL without a consistent loss anywhere. **Kept: the anchor's $z$** for the
+# the reference trains, and at seeds 0-2 it wakes the VampPrior's top latent for MIM and the VAE and
+# improves the VAE's NLL without a consistent loss anywhere (at seed 3, run with the data initialisation
+# only, MIM's top latent is active and the VAE's is not). **Kept: the anchor's $z$** for the
 # decoder-sampled half: the reference's model-prior $z$ was the screen's largest and most harmful effect
 # (seed 0 only); this remains a stated difference from the reference. The warm-up placement and the
 # optimiser stay as they were (inert, or not decisive, in the screen). The `paper` presets keep every
 # reference choice, as they are meant to reproduce the reference code.
 #
 # **Not settled here: does MIM beat the VAE?** At this budget, with the adopted initialisation, the VAE
-# is ahead on the NLL, the mean-code 5-NN accuracy and the active units at every seed, and the paper's
-# measure, the sampled-code 5-NN accuracy, is a tie within the spread of the seeds. The screen's 200
+# is ahead on the NLL and the mean-code 5-NN accuracy at every seed, and the paper's measure, the
+# sampled-code 5-NN accuracy, is a tie within the spread of the seeds. The screen's 200
 # steps are a twentieth of chapter 05's schedule, and the question is chapter 05's: its `book` runs are
 # to be re-run with the new preset, with several seeds (`make runs-images DATASET=mnist`, then
 # `fashion-mnist`). That takes about 2.5 h per dataset and seed on the 2-core machine with native
