@@ -12,6 +12,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):   # `make unit` runs one worker per co
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+class Interrupted(Exception):
+    """Raised by :func:`interrupt_at` to stop a run at the end of an epoch, as a kill would."""
+
+
+def interrupt_at(stop_epoch: int):
+    """An end-of-epoch callback (``on_epoch_end(epoch, model)`` or ``after_epoch(epoch)``) that raises
+    :class:`Interrupted` once epoch ``stop_epoch`` has ended, leaving that epoch's checkpoint behind."""
+    def callback(epoch, *_):
+        if epoch == stop_epoch:
+            raise Interrupted(f"interrupted after epoch {epoch}")
+    return callback
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

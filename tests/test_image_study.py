@@ -13,7 +13,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from mimlib import image_study as S
 from mimlib import metrics, presets
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, Interrupted, interrupt_at
 from mimlib.nets.hvae import ConvHVAE
 
 
@@ -66,16 +66,8 @@ def test_resume_is_exact(mnist, tmp_path):
     """Interrupted after epoch 1 (the callback raises), resumed: identical to an uninterrupted run."""
     cfg = tiny(prior="vampprior", objective="mim", max_epochs=3, warmup_epochs=2, steps_per_epoch=2)
     ref, res_ref, _ = S.train_model(cfg, tmp_path / "a", data=mnist)
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(epoch, model):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        S.train_model(cfg, tmp_path / "b", data=mnist, on_epoch_end=stop)
+    with pytest.raises(Interrupted):
+        S.train_model(cfg, tmp_path / "b", data=mnist, on_epoch_end=interrupt_at(1))
     run_dir = tmp_path / "b" / S.run_name(cfg)
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "final.pt").exists()
     resumed, res, _ = S.train_model(cfg, tmp_path / "b", data=mnist)

@@ -31,6 +31,8 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import Interrupted, interrupt_at
+
 from mimlib import atomic, presets
 from mimlib import image_cli
 from mimlib import image_study as S
@@ -425,15 +427,8 @@ def _tiny_fit(run_dir, **kw):
 
 def _tiny_fit_interrupted(run_dir):
     """:func:`_tiny_fit` stopped by an exception at the end of epoch 1 (its checkpoint left behind)."""
-    class Interrupt(Exception):
-        pass
-
-    def stop(epoch, model):
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        _tiny_fit(run_dir, on_epoch_end=stop)
+    with pytest.raises(Interrupted):
+        _tiny_fit(run_dir, on_epoch_end=interrupt_at(1))
 
 
 @pytest.mark.parametrize("failure", ["ENOSPC", "torch unexpected pos"])

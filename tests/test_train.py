@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from conftest import Interrupted, interrupt_at
+
 from mimlib import presets
 from mimlib.data import MixtureStream, mixture_means, sample_mixture, split_batches
 from mimlib.mixture2d import run_sweep, train_group
@@ -73,16 +75,9 @@ def test_resume_is_exact(tmp_path):
     ref = MixtureModel2D(6, [0, 1])
     res_ref = _fit(ref, stream, val, cfg)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_2(epoch, model):
-        if epoch == 2:
-            raise Interrupt
-
     m = MixtureModel2D(6, [0, 1])
-    with pytest.raises(Interrupt):
-        _fit(m, stream, val, cfg, run_dir=tmp_path, on_epoch_end=stop_after_2)
+    with pytest.raises(Interrupted):
+        _fit(m, stream, val, cfg, run_dir=tmp_path, on_epoch_end=interrupt_at(2))
     assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "final.pt").exists()
     m2 = MixtureModel2D(6, [0, 1])
     res = _fit(m2, stream, val, cfg, run_dir=tmp_path)

@@ -8,6 +8,8 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import Interrupted, interrupt_at
+
 from mimlib import bucket2d as B
 from mimlib import mixture2d as M
 from mimlib import presets
@@ -140,16 +142,8 @@ def test_a_killed_bucket_resumes_exactly(tmp_path):
     stops = {h: max(r.stop_epoch) for h, (_, r) in zip(widths, ref)}
     cut = min(stops.values()) + 1   # a group has finished, another one not yet
     assert cut < max(stops.values()), stops
-
-    class Killed(Exception):
-        pass
-
-    def kill(epoch):
-        if epoch == cut:
-            raise Killed
-
-    with pytest.raises(Killed):
-        _bucket("vae", widths, cfg, run_root=tmp_path / "run", checkpoint_seconds=0, after_epoch=kill)
+    with pytest.raises(Interrupted):
+        _bucket("vae", widths, cfg, run_root=tmp_path / "run", checkpoint_seconds=0, after_epoch=interrupt_at(cut))
     for h in widths:
         assert (tmp_path / "run" / f"H{h}" / ("final.pt" if stops[h] <= cut else "checkpoint.pt")).exists()
     out = _bucket("vae", widths, cfg, run_root=tmp_path / "run")
@@ -171,16 +165,8 @@ def test_a_bucket_checkpoint_is_fits_and_fit_resumes_it(tmp_path):
     resumes it and ends where the bucket ends (to rounding)."""
     cfg = FitConfig(max_epochs=4, patience=5, warmup_epochs=1, seed=0)
     ref = _bucket("mim", [5, 20], cfg)
-
-    class Killed(Exception):
-        pass
-
-    def kill(epoch):
-        if epoch == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        _bucket("mim", [5, 20], cfg, run_root=tmp_path, checkpoint_seconds=0, after_epoch=kill)
+    with pytest.raises(Interrupted):
+        _bucket("mim", [5, 20], cfg, run_root=tmp_path, checkpoint_seconds=0, after_epoch=interrupt_at(1))
     ck = torch.load(tmp_path / "H20" / "checkpoint.pt", weights_only=False)
     model = MixtureModel2D(20, SEEDS)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
