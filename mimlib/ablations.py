@@ -29,13 +29,18 @@ from .nets.hvae import LOGVAR_MIN
 from .records import read_evaluation, read_record
 from .seeds import seed_summary
 
-__all__ = ["Variant", "FACTORS", "SCREEN", "FOLLOW_UP", "VARIANTS", "ANALYSES", "REPLICATED", "ADOPTED", "READOUT_NAMES", "summary_lines", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
+__all__ = ["Variant", "FACTORS", "BUDGET_FIELDS", "SCREEN", "FOLLOW_UP", "WARMUP", "VARIANTS", "ANALYSES", "REPLICATED", "ADOPTED", "READOUT_NAMES", "summary_lines", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
            "seed_summary", "objective_gap", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
-           "log_prior_ceiling"]
+           "log_prior_ceiling", "collapse_onset", "after_warmup", "seed_study"]
 
 #: The options a variant may change, with their book (``screen`` preset) defaults.
-FACTORS: dict[str, str] = {"pseudo_init": "normal", "mim_warmup": "rescale", "mim_decoder_z": "anchor",
-                           "mim_decoder_start": "always", "optimizer": "adam", "mim_score_cost": "full"}
+FACTORS: dict[str, Any] = {"pseudo_init": "normal", "mim_warmup": "rescale", "mim_decoder_z": "anchor",
+                           "mim_decoder_start": "always", "optimizer": "adam", "mim_score_cost": "full",
+                           "warmup_epochs": 2}
+
+#: Settings that change a variant's budget rather than a choice (not factors): a variant that sets one is
+#: read at its own budget, in its own section, never against the equal-budget screen.
+BUDGET_FIELDS: tuple[str, ...] = ("max_epochs",)
 
 
 @dataclass(frozen=True)
@@ -44,12 +49,16 @@ class Variant:
 
     model: str
     objective: str
-    changes: dict[str, str] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, int] = field(default_factory=dict)   # e.g. {"max_epochs": 16}: see BUDGET_FIELDS
 
     def __post_init__(self):
         unknown = sorted(set(self.changes) - set(FACTORS))
         if unknown:
             raise ValueError(f"a variant changes only {sorted(FACTORS)}; got {unknown}")
+        unknown = sorted(set(self.budget) - set(BUDGET_FIELDS))
+        if unknown:
+            raise ValueError(f"a variant's budget sets only {list(BUDGET_FIELDS)}; got {unknown}")
         if self.model not in image_study.MODELS:
             raise ValueError(f"model must be one of {list(image_study.MODELS)}, got {self.model!r}")
 
@@ -57,6 +66,7 @@ class Variant:
     def label(self) -> str:
         """e.g. ``"MIM pseudo_init=data mim_decoder_z=prior"`` (only what differs from the defaults)."""
         diff = [f"{k}={v}" for k, v in self.settings.items() if v != FACTORS[k]]
+        diff += [f"{k}={v}" for k, v in self.budget.items()]
         return " ".join([self.objective.upper().replace("AMIM", "A-MIM"), *diff]) or self.objective
 
     @property
@@ -85,6 +95,11 @@ SCREEN: list[Variant] = [
 #: Single-factor follow-ups the screen called for (each against its model's book levels): A-MIM collapsed
 #: under all of the screen's levels, so the reference's optimiser, AdamNormGrad, is tried alone.
 FOLLOW_UP: list[Variant] = [Variant("pixelhvae", "amim", {"optimizer": "adam-normgrad"})]
+
+#: The warm-up's length (the reference warms up over 100 epochs, 50,000 steps; the screen over 2 epochs,
+#: 100 steps): A-MIM with beta warmed up over 8 epochs, trained for 16, so that as many epochs at full
+#: weight follow the warm-up (9) as in the screen. A longer budget: read in its own section, not in the screen.
+WARMUP: list[Variant] = [Variant("pixelhvae", "amim", {"warmup_epochs": 8}, {"max_epochs": 16})]
 
 #: Every variant of chapter 07, in the order it shows them.
 VARIANTS: list[Variant] = [*SCREEN, *FOLLOW_UP]
@@ -130,13 +145,13 @@ def config_of(variant: Variant, preset: str = "screen", **overrides: Any) -> ima
     """The run config of ``variant`` under ``preset`` (MNIST, VampPrior), ``overrides`` on top."""
     study = "images" if variant.model == "convhvae" else variant.model
     base = dict(dataset="mnist", prior="vampprior", objective=variant.objective)
-    return presets.resolve(study, preset, **{**base, **variant.changes, **overrides})
+    return presets.resolve(study, preset, **{**base, **variant.changes, **variant.budget, **overrides})
 
 
 def command(variant: Variant, preset: str = "screen", records_dir: str = "book/results/records") -> str:
     """The background command line (from the repository root) that trains and records ``variant``."""
     model = f"--model {variant.model}" if variant.model != "convhvae" else "--prior vampprior"
-    sets = " ".join(f"{k}={v}" for k, v in variant.changes.items())
+    sets = " ".join(f"{k}={v}" for k, v in {**variant.changes, **variant.budget}.items())
     return (f"python -m mimlib.image_study --preset {preset} --dataset mnist {model} --objective "
             f"{variant.objective} --records-dir {records_dir}" + (f" --set {sets}" if sets else ""))
 
@@ -159,7 +174,7 @@ def run_variants(variants: list[Variant], preset: str = "screen", seeds: tuple[i
         for df, out in ((res.results, rows), (res.history, hists)):
             df = df.copy()
             df.insert(0, "variant", v.label)
-            for k, val in v.settings.items():
+            for k, val in {**v.settings, **v.budget}.items():
                 df[k] = val
             df["model"] = v.model
             out.append(df)
@@ -201,19 +216,49 @@ def recorded_seeds(variant: Variant, records_dir, preset: str = "screen", seeds:
     return have
 
 
-def seed_runs(per_cell: list[tuple[Variant, list[int]]], preset: str = "screen", **kwargs: Any) -> pd.DataFrame:
-    """The results of every (variant, seeds) of ``per_cell`` (trained, or read from ``records_dir``:
-    ``kwargs`` go to :func:`run_variants`), one row per run, with the rate and E log p(z) of its last
-    epoch's training batches (:func:`rate`, :func:`log_prior`)."""
-    parts = []
+def seed_study(per_cell: list[tuple[Variant, list[int]]], preset: str = "screen", **kwargs: Any
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, histories) of every (variant, seeds) of ``per_cell`` (trained, or read from
+    ``records_dir``: ``kwargs`` go to :func:`run_variants`): one results row per run, with the rate and
+    E log p(z) of its last epoch's training batches (:func:`rate`, :func:`log_prior`), and one history
+    row per run and epoch, with its rate and E log p(z) and the epoch counted from the warm-up's end
+    (:func:`after_warmup`)."""
+    parts, hists = [], []
     for v, seeds in per_cell:
         if not seeds:
             continue
         study = run_variants([v], preset, seeds=tuple(seeds), **kwargs)
-        last = study.history.sort_values("epoch").groupby(["variant", "seed"]).tail(1).set_index(["variant", "seed"])
+        h = study.history
+        hists.append(h.assign(rate=rate(h), log_pz=log_prior(h), after_warmup=after_warmup(h)))
+        last = h.sort_values("epoch").groupby(["variant", "seed"]).tail(1).set_index(["variant", "seed"])
         parts.append(study.results.join(pd.DataFrame({"rate": rate(last), "log_pz": log_prior(last)}),
                                         on=["variant", "seed"]))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if not parts:
+        return pd.DataFrame(), pd.DataFrame()
+    return pd.concat(parts, ignore_index=True), pd.concat(hists, ignore_index=True)
+
+
+def seed_runs(per_cell: list[tuple[Variant, list[int]]], preset: str = "screen", **kwargs: Any) -> pd.DataFrame:
+    """The results of :func:`seed_study` (one row per run, with its last epoch's rate and E log p(z))."""
+    return seed_study(per_cell, preset, **kwargs)[0]
+
+
+def after_warmup(history: pd.DataFrame) -> pd.Series:
+    """Per epoch: the epoch counted from the first one at full KL/MIM weight (0; negative during the
+    warm-up). With beta = min(1, (epoch + 1) / warmup_epochs) (0-based epochs, :func:`train.beta_schedule`),
+    the first epoch at weight 1 is ``warmup_epochs - 1``. Needs the ``warmup_epochs`` column."""
+    return history["epoch"] + 1 - history["warmup_epochs"].clip(lower=1)
+
+
+def collapse_onset(history: pd.DataFrame) -> int | None:
+    """The first epoch (1-based) of one run's ``history`` from which on the rate of the encoder-sampled
+    batches (:func:`rate`) stays below half its value at the first epoch at full weight, the onset of
+    the collapse; None if it never does. Needs the ``warmup_epochs`` column."""
+    h = history.sort_values("epoch")
+    r = rate(h).to_numpy()
+    first_full = max(int(h["warmup_epochs"].iloc[0]), 1) - 1
+    stays = [i for i in range(first_full + 1, len(r)) if (r[i:] < 0.5 * r[first_full]).all()]
+    return int(h["epoch"].iloc[stays[0]]) + 1 if stays else None
 
 
 def summary_lines(diff: pd.DataFrame, title: str, by: str, names: dict[str, str] | None = None) -> list[str]:

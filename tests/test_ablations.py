@@ -41,6 +41,35 @@ def test_variant_rejects_unknown_factors_and_models():
         A.run_variants([])
 
 
+def test_a_budget_variant_is_its_own_run_and_its_command_gives_its_config():
+    (v,) = A.WARMUP
+    cfg = A.config_of(v)
+    assert (cfg.warmup_epochs, cfg.max_epochs) == (8, 16) and v.label == "A-MIM warmup_epochs=8 max_epochs=16"
+    assert A.config_of(A.Variant("pixelhvae", "amim")).max_epochs == 10   # the screen's, as FACTORS says
+    parsed, _ = image_cli.parse_command_line(A.command(v).split()[3:])
+    assert parsed == cfg and S.run_name(cfg) != S.run_name(A.config_of(A.Variant("pixelhvae", "amim")))
+    with pytest.raises(ValueError, match="budget sets only"):
+        A.Variant("pixelhvae", "amim", budget={"lr": 1})
+    # not a factor of the screen: a budget variant is not pooled into its cells
+    rows = pd.DataFrame([{"model": "pixelhvae", "objective": "amim", **A.FACTORS},
+                         {"model": "pixelhvae", "objective": "amim", **A.FACTORS, **v.changes}])
+    assert len(A.at_book_levels(rows, "pixelhvae", "amim", ("pseudo_init", "mim_warmup"))) == 1
+
+
+def test_collapse_onset_and_epochs_after_the_warmup():
+    def history(rates, warmup):
+        return pd.DataFrame({"epoch": range(len(rates)), "warmup_epochs": warmup, "log q(z|x)": rates,
+                             "log p(z)": 0.0})
+    # beta = 1 from the 2nd epoch (index 1, rate 10): below 5 at the 4th epoch, but not after it; from the 6th on
+    h = history([20.0, 10.0, 6.0, 4.0, 6.0, 3.0, 2.0], warmup=2)
+    assert A.collapse_onset(h) == 6
+    assert A.collapse_onset(history([20.0, 10.0, 9.0, 8.0], warmup=2)) is None
+    assert A.collapse_onset(history([20.0, 10.0, 9.0, 1.0], warmup=1)) == 3  # reference: the 1st epoch (20)
+    assert A.collapse_onset(h.sample(frac=1, random_state=0)) == 6         # order of rows does not matter
+    assert list(A.after_warmup(h)) == [-1, 0, 1, 2, 3, 4, 5]
+    assert list(A.after_warmup(history([1.0] * 3, warmup=0))) == [0, 1, 2]   # no warm-up: weight 1 at once
+
+
 def test_records_dir_with_no_eval_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         image_cli.parse_command_line(["--dataset", "mnist", "--prior", "vampprior", "--objective", "mim",
