@@ -7,6 +7,9 @@
 #   OUT=/tmp/out bash benchmarks/gpu_grid.sh                      # both studies, seeds 0-2, book preset
 #   OUT=/tmp/out STUDIES=images SEEDS=0 DATASETS=mnist bash benchmarks/gpu_grid.sh
 #   OUT=/tmp/out DEVICE=cpu PRESET=smoke JOBS=2 bash benchmarks/gpu_grid.sh   # the plumbing, on a CPU
+#   # one study, its own grid and further overrides (chapter 07's open A-MIM question: a long warm-up)
+#   OUT=/tmp/out STUDIES=pixelhvae GRID="dataset=[mnist] objective=[amim] seed=[0,1]" \
+#       SET="warmup_epochs=40 max_epochs=80" bash benchmarks/gpu_grid.sh
 #
 # Every finished run leaves its record (mimlib.records: config, history, results row, figure arrays;
 # no weights) under $RECORDS; every PACK_EVERY seconds, and at the end, the records are packed into
@@ -27,6 +30,8 @@ JOBS=${JOBS:-8}
 RUNS=${RUNS:-/tmp/mimlib-runs}
 RECORDS=${RECORDS:-/tmp/mimlib-records}
 PACK_EVERY=${PACK_EVERY:-30}
+GRID=${GRID:-}        # replaces the study's grid below (with one study only)
+SET=${SET:-}          # further NAME=VALUE overrides of the preset, space-separated
 export MIMLIB_DATA=${MIMLIB_DATA:-$PWD/shared/data} MIMLIB_PROGRESS=0 PYTHONUNBUFFERED=1 MIMLIB_PYTHON=$PY
 mkdir -p "$OUT" "$RUNS" "$RECORDS"
 log="$OUT/grid.log"
@@ -40,9 +45,14 @@ pack() {
     $PY -c "import torch; from mimlib import precision; print('torch', torch.__version__); \
 print(precision.describe('$DEVICE'))"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-    echo "preset $PRESET, seeds $SEEDS, datasets $DATASETS, studies $STUDIES, device $DEVICE, $JOBS at a time"
+    if [ -n "$GRID" ]; then echo "preset $PRESET, study $STUDIES, grid $GRID, device $DEVICE, $JOBS at a time"
+    else echo "preset $PRESET, seeds $SEEDS, datasets $DATASETS, studies $STUDIES, device $DEVICE, $JOBS at a time"; fi
+    [ -z "$SET" ] || echo "overrides of the preset: $SET"
 } | tee "$log"
 
+if [ -n "$GRID" ] && [ "$(wc -w <<< "$STUDIES")" -ne 1 ]; then
+    echo "GRID replaces one study's grid: set STUDIES to one study (images or pixelhvae)" >&2; exit 2
+fi
 cmds="$OUT/commands.txt"
 : > "$cmds"
 for study in $STUDIES; do
@@ -51,7 +61,9 @@ for study in $STUDIES; do
         pixelhvae) grid="dataset=[$DATASETS] objective=[vae,amim] seed=[$SEEDS]" ;;
         *) echo "unknown study $study (images, pixelhvae)" >&2; exit 2 ;;
     esac
-    $PY -m mimlib.sweep --study "$study" --preset "$PRESET" --grid "$grid" --set "device=$DEVICE" \
+    grid=${GRID:-$grid}
+    # shellcheck disable=SC2086  # SET is a list of words
+    $PY -m mimlib.sweep --study "$study" --preset "$PRESET" --grid "$grid" --set "device=$DEVICE" $SET \
         --runs-dir "$RUNS" --records-dir "$RECORDS" --commands >> "$cmds"
 done
 echo "$(wc -l < "$cmds") runs to train" | tee -a "$log"
