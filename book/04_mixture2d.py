@@ -77,6 +77,7 @@ from mimlib.mixture2d import run_sweep
 from mimlib.nets import mlp
 from mimlib.published import mixture2d_reference, published
 
+# %% tags=["hide-input"]
 check_parameters(globals(), PARAMETERS)
 torch.set_num_threads(max(1, torch.get_num_threads()))
 cfg = presets.resolve("mixture2d", preset, hidden=hidden, seeds=seeds, patience=patience,
@@ -282,8 +283,9 @@ summary = res.groupby(["objective", "hidden"]).agg(
     enc_std=("enc_std", "mean"), epochs=("epochs", "mean"), seconds=("seconds", "sum"))
 print(summary.round(3).to_string())
 
-
+# %%
 def _stat(obj, col, widths):
+    """Mean of summary column col for objective obj over the widths given (nan if none of them was trained)."""
     rows = summary.loc[obj]
     rows = rows[rows.index.isin(widths)]
     return float(rows[col].mean()) if len(rows) else float("nan")
@@ -291,6 +293,8 @@ def _stat(obj, col, widths):
 
 big = [h for h in cfg.hidden if h >= 20]
 largest = [max(cfg.hidden)]
+
+# %%
 for key, value in {
     "mim_mi_big": _stat("mim", "mi", big), "vae_mi_big": _stat("vae", "mi", big),
     "mim_knn_big": _stat("mim", "knn5", big), "vae_knn_big": _stat("vae", "knn5", big),
@@ -304,6 +308,8 @@ for key, value in {
     "reference_hours": float(published("mixture2d").query("metric == 'sweep_hours'").value.iloc[0]),
 }.items():
     glue(key, value, display=False)
+
+# %%
 small = res[res.hidden == min(cfg.hidden)]
 glue("n_small", len(small), display=False)
 glue("n_capped_small", int((small.epochs >= cfg.max_epochs).sum()), display=False)

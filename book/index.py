@@ -82,6 +82,7 @@ import pandas as pd
 from mimlib.plots import OBJECTIVE_NAMES
 from mimlib.published import mixture2d_reference, published
 
+# %%
 rows = []
 mix_csv = Path("results") / "mixture2d.csv"
 if mix_csv.exists():
@@ -101,6 +102,8 @@ if mix_csv.exists():
                      "paper / reference code": round(theirs.mean(), 2),
                      "ours (mean over seeds)": round(ours.mean(), 2),
                      "models": len(ours)})
+
+# %%
 img_csv = Path("results") / "images.csv"
 if img_csv.exists():
     img = pd.read_csv(img_csv)
@@ -114,6 +117,8 @@ if img_csv.exists():
                      "paper / reference code": round(theirs.mean(), 2) if len(theirs) else float("nan"),
                      "ours (mean over seeds)": round(g.knn5.mean(), 2),
                      "models": len(g)})
+
+# %% tags=["NBVAL_CHECK_OUTPUT"]
 summary = pd.DataFrame(rows)
 print(summary.to_string(index=False, na_rep="-") if len(summary) else "no results committed yet")
 
