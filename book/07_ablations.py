@@ -75,6 +75,7 @@ from mimlib.book import as_list, check_parameters, check_writable, print_run_set
 from mimlib.nets import hvae
 from mimlib.plots import plot_tsne_panels, plot_variant_curves
 
+# %% tags=["hide-input"]
 check_parameters(globals(), PARAMETERS)
 records_dir = f"{results_dir}/records"   # the committed run records (no weights)
 check_writable(results_dir, "results folder")
