@@ -211,8 +211,7 @@ study = ablations.run_variants(chosen, preset, seeds=tuple(seeds), records_dir=r
                                n_tsne=n_tsne, **smoke)
 res, hist = study.results, study.history
 last = hist.sort_values("epoch").groupby(["variant", "seed"]).tail(1).set_index(["variant", "seed"])
-res = res.join(pd.DataFrame({"rate": ablations.rate(last), "log_pz": ablations.log_prior(last)}),
-               on=["variant", "seed"])
+res = res.join(ablations.last_epoch_readouts(last), on=["variant", "seed"])
 machines = res["machine"].fillna("not recorded").unique() if "machine" in res else ["not recorded"]
 print(f"{len(res)} runs; training time as measured when trained: {study.train_seconds:.0f} s; "
       f"machine(s): {', '.join(machines)}; precision: {', '.join(res.precision.unique())}")
@@ -222,18 +221,19 @@ print(f"{len(res)} runs; training time as measured when trained: {study.train_se
 #
 # One row per variant (mean over seeds): 5-NN accuracy of sampled codes (`knn5`, the paper's measure)
 # and of mean codes (`knn5_mean`), active units of $z_1$ and $z_2$ (of 40 each), the rate
-# $\mathbb{E}[\log q_\theta(z|x) - \log p_\theta(z)]$ and $\mathbb{E}\log p_\theta(z)$ of the last
-# epoch's training batches, the reconstruction term $-\log p_\theta(x|z)$ and the importance-sampled
-# NLL (nats). For the `mim` and `amim` rows, $\mathbb{E}\log p_\theta(z)$ is to be read against its
+# $\mathbb{E}[\log q_\theta(z|x) - \log p_\theta(z)]$, $\mathbb{E}\log p_\theta(z)$ and
+# $\mathbb{E}\log q_\theta(z|x)$ of the last epoch's training batches, the reconstruction term
+# $-\log p_\theta(x|z)$ and the importance-sampled NLL (nats). For the `mim` and `amim` rows,
+# $\mathbb{E}\log p_\theta(z)$ and $\mathbb{E}\log q_\theta(z|x)$ are to be read against their common
 # ceiling (below).
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
 ceiling = ablations.log_prior_ceiling()
-show = ["knn5", "knn5_mean", "active_z1", "active_z2", "rate", "log_pz", "recon", "nll_is"]
+show = ["knn5", "knn5_mean", "active_z1", "active_z2", "rate", "log_pz", "log_qzx", "recon", "nll_is"]
 table = res.groupby(["model", "variant"], sort=False)[show].mean()
 print(table.round(2).to_string())
 print(f"\nceiling of E log p(z) (codes on one prior component, all 80 log-variances at the clip "
-      f"{hvae.LOGVAR_MIN:g}): {ceiling:.1f} nats")
+      f"{hvae.LOGVAR_MIN:g}) and of E log q(z|x) (all 80 at the clip): {ceiling:.1f} nats")
 for model, r in res.groupby("model", sort=False):
     r = r.iloc[0]
     print(f"{model}: {preset} preset, seeds {seeds}, {int(r.epochs)} epochs x {int(r.steps_per_epoch)} steps of "
@@ -345,25 +345,120 @@ for factor in ("pseudo_init", "optimizer"):
 # have not run yet; their factors' effects above rest on seed 0 alone.
 
 # %% [markdown]
+# ### Why A-MIM's encoder sits at its entropy floor
+#
+# One column of the results table says more than the rate does. In every A-MIM run,
+# $\mathbb{E}\log q_\theta(z|x)$ sits at its ceiling, so the encoder's entropy sits at the floor that the
+# log-variance clip allows. The objectives say why, and what follows from it.
+#
+# :::{prf:proposition} A-MIM is the VAE plus the encoder's entropy
+# :label: prop-ch7-amim-vae
+#
+# At full weight ($\beta = 1$), with $\log q_\theta(x)$ estimated from the same $z$ (paper Algorithm 1,
+# line 5), the A-MIM and VAE losses of one data image $x$ and one code $z \sim q_\theta(z|x)$ differ by
+# $\log q_\theta(z|x)$ alone:
+#
+# $$
+# \ell_{\mathrm{A\text{-}MIM}}(x, z) = -\log p_\theta(x, z) = \ell_{\mathrm{VAE}}(x, z) - \log q_\theta(z|x).
+# $$ (eq-ch7-amim-vae)
+#
+# In expectation over $x \sim P(x)$ and $z \sim q_\theta(z|x)$, with $H(P)$ the entropy of the data,
+#
+# $$
+# \begin{aligned}
+# \mathcal{L}_{\mathrm{VAE}} &= H(P) + \mathrm{KL}\big(P(x)\, q_\theta(z|x) \,\|\, p_\theta(x, z)\big), \\
+# \mathcal{L}_{\mathrm{A\text{-}MIM}} &= \mathcal{L}_{\mathrm{VAE}} + \mathbb{E}_{P(x)}\, H\big(q_\theta(z|x)\big).
+# \end{aligned}
+# $$ (eq-ch7-amim-decomposition)
+#
+# If each of the encoder's $D$ log-variances is at least $\lambda$, then
+# $H(q_\theta(z|x)) \ge \frac{D}{2}(\log 2\pi + 1 + \lambda)$, with equality when all of them equal $\lambda$.
+# :::
+#
+# :::{prf:proof}
+# With $\log q_\theta(x) \approx \log p_\theta(x|z) + \log p_\theta(z) - \log q_\theta(z|x)$, the A-MIM
+# term $-\frac12[\log p_\theta(x|z) + \log p_\theta(z) + \log q_\theta(z|x) + \log q_\theta(x)]$ equals
+# $-\log p_\theta(x|z) - \log p_\theta(z)$, and the VAE's one-sample negative ELBO is that plus
+# $\log q_\theta(z|x)$. In expectation,
+#
+# $$
+# \begin{aligned}
+# -\mathbb{E}\log p_\theta(x, z) &= -\mathbb{E}\log\big[P(x)\, q_\theta(z|x)\big] +
+#   \mathbb{E}\log\frac{P(x)\, q_\theta(z|x)}{p_\theta(x, z)} \\
+# &= H(P) + \mathbb{E}_{P(x)}\, H\big(q_\theta(z|x)\big) + \mathrm{KL},
+# \end{aligned}
+# $$
+#
+# and $\mathbb{E}\log q_\theta(z|x) = -\mathbb{E}_{P(x)} H(q_\theta(z|x))$ gives the VAE's line. The
+# two-level encoder is $q_\theta(z_2|x)\, q_\theta(z_1|x, z_2)$, two diagonal Gaussians, so by the chain
+# rule its entropy is $H(q_\theta(z_2|x)) + \mathbb{E}\, H(q_\theta(z_1|x, z_2))$. A diagonal Gaussian's
+# entropy is $\frac12 \sum_d (\log 2\pi + 1 + \lambda_d)$, increasing in each log-variance $\lambda_d$.
+# :::
+#
+# Here $D = 80$ and $\lambda = -6$ (ours and the reference's clip), so the floor is $-126.5$ nats, the
+# ceiling of $\mathbb{E}\log q_\theta(z|x)$ printed under the results table. Where every run stands
+# against it, last epoch:
+
+# %% tags=["NBVAL_CHECK_OUTPUT"]
+runs = pd.concat([res, rep, amim], ignore_index=True).drop_duplicates("run")
+for (model, objective), g in runs.groupby(["model", "objective"], sort=False):
+    below = ceiling - g.log_qzx
+    print(f"{model:9s} {objective.upper():5s} {len(g):2d} runs: E log q(z|x) {below.min():6.1f} to "
+          f"{below.max():6.1f} nats below the ceiling; 5-NN (sampled) {g.knn5.min():.2f} to {g.knn5.max():.2f}")
+
+# %% [markdown]
+# **What this means for the collapse.** A-MIM rewards a sharper encoder without limit short of the clip,
+# and its runs reach the clip. There the entropy term of {eq}`eq-ch7-amim-decomposition` is a constant,
+# and A-MIM's objective *is* the VAE's, restricted to encoders whose posterior variances are all
+# $e^{-6}$. Nothing else in it rewards information in $z$: a code helps only as far as it lets the
+# model's joint $p_\theta(x, z)$ match the encoder's. That asks two things: the prior must match the
+# aggregate posterior $q_\theta(z) = \mathbb{E}_{P(x)} q_\theta(z|x)$, and the decoder must match
+# $q_\theta(x|z)$. With every posterior at the floor (standard deviation $e^{-3} \approx 0.05$ per
+# dimension), an informative $q_\theta(z)$ is a mixture of narrow bumps, one per training image. A
+# VampPrior of 500 components, each as narrow, can match it only if the codes gather in at most 500
+# places. A code that is the same for every image is matched by one component exactly, and leaves the
+# decoder to model the images alone, which a PixelCNN does well.
+#
+# This does not prove that the collapsed state is A-MIM's optimum: that depends on how much the
+# PixelCNN gains from a code. It does show two things. Nothing in A-MIM's objective beyond the VAE's
+# rewards information in $z$. And the floor that A-MIM pushes its encoder to makes information harder
+# for the prior to match than it is for the VAE, whose posteriors widen to cover the gaps. The
+# convHVAE's MIM runs sit near the floor too, yet keep informative codes: their factorised decoder
+# cannot model an image without a code, and symmetric MIM's decoder-sampled half asks the encoder to
+# recover $z$ from the model's own samples. It also says what the screen's factors can and cannot do.
+# At full weight, none of the pseudo-input initialisation, the warm-up placement and the optimiser
+# changes A-MIM's objective; they can only steer training towards one of its optima. The warm-up is the
+# one factor that changes the objective, and only while $\beta < 1$.
+
+# %% [markdown]
 # ### A longer warm-up
 #
 # In every A-MIM run above the collapse begins within a few epochs of $\beta$ reaching 1. The reference
 # warms $\beta$ up over 100 epochs, the screen over 2. Does a longer warm-up prevent the collapse, or only
-# postpone it? The variant below warms $\beta$ up over 8 epochs (400 steps, four times the screen's) and
-# trains for 16, so that as many epochs at full weight (9) follow its warm-up as follow the screen's;
-# every other setting is at the book's levels. Its budget is longer than the screen's (800 steps
-# instead of 500), so it is not pooled with the screen. It is compared with the book's levels epoch by
-# epoch, counting epochs from the first one at full weight, at the seeds where both have run (with
-# the smoke preset only the book's levels run: 16 epochs would double the chapter's CI time):
+# postpone it? Where $\beta$ enters decides what a warm-up can do. With the book's placement
+# (`rescale`), the warm-up only rescales A-MIM's loss {eq}`eq-ch7-amim-vae` by $\frac{1+\beta}{2}$
+# (chapter {ref}`ch-pixelhvae`), which leaves its minimisers unchanged and which Adam all but ignores:
+# its length can act only through the optimiser's transients. With the reference's placement (`reference`),
+# $\beta$ weights $\log p_\theta(z_2)$, so the warm-up is a period in which the top prior pulls the codes
+# less.
+#
+# The two variants below warm $\beta$ up over 8 epochs (400 steps, four times the screen's) and train for
+# 16, so that as many epochs at full weight (9) follow the warm-up as follow the screen's, one under
+# each placement; every other setting is at the book's levels. With the screen's cells of each
+# placement they make a 2 x 2 of placement and warm-up length. Their budget is longer than the
+# screen's (800 steps instead of 500), so they are not pooled with it: each run is read epoch by epoch,
+# counting epochs from the first one at full weight, at the seeds where it has run (with the smoke
+# preset only the book's levels run: 16 epochs would double the chapter's CI time):
 
 # %% tags=["NBVAL_IGNORE_OUTPUT"]
 def warm_seeds(v: ablations.Variant) -> list[int]:
     if preset == "smoke":
-        return [] if v in ablations.WARMUP else [0]
+        return [] if v.changes else [0]
     return rep_seeds or ablations.recorded_seeds(v, records_dir, preset, **smoke)
 
 
-warm_cells = [ablations.Variant("pixelhvae", "amim"), *ablations.WARMUP]
+warm_cells = [ablations.Variant("pixelhvae", "amim"), ablations.Variant("pixelhvae", "amim", {"mim_warmup": "reference"}),
+              *ablations.WARMUP]
 warm, warm_hist = ablations.seed_study([(v, warm_seeds(v)) for v in warm_cells], preset, **where)
 for v in warm_cells:
     print(f"{v.model:9s} {v.label:45s} seeds {warm_seeds(v)}  {ablations.command(v, preset)}")
@@ -382,7 +477,7 @@ if len(warm):
     onsets = {k: ablations.collapse_onset(h) for k, h in warm_hist.groupby(["variant", "seed"])}
     warm["onset"] = pd.array([onsets[(r.variant, r.seed)] for r in warm.itertuples()], dtype="Int64")
     warm["full_weight_before"] = warm.onset - warm.warmup_epochs
-    cols = ["epochs", "warmup_epochs", "onset", "full_weight_before", *amim_metrics]
+    cols = ["epochs", "warmup_epochs", "onset", "full_weight_before", *amim_metrics, "log_qzx"]
     print(warm.set_index(["variant", "seed"]).sort_index()[cols].round(2).to_string(na_rep="none"))
 
 # %% [markdown]

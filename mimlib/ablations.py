@@ -31,7 +31,7 @@ from .seeds import seed_summary
 
 __all__ = ["Variant", "FACTORS", "BUDGET_FIELDS", "SCREEN", "FOLLOW_UP", "WARMUP", "VARIANTS", "ANALYSES", "REPLICATED", "ADOPTED", "READOUT_NAMES", "summary_lines", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
            "seed_summary", "objective_gap", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
-           "log_prior_ceiling", "collapse_onset", "after_warmup", "seed_study"]
+           "log_prior_ceiling", "log_posterior", "last_epoch_readouts", "collapse_onset", "after_warmup", "seed_study"]
 
 #: The options a variant may change, with their book (``screen`` preset) defaults.
 FACTORS: dict[str, Any] = {"pseudo_init": "normal", "mim_warmup": "rescale", "mim_decoder_z": "anchor",
@@ -98,8 +98,11 @@ FOLLOW_UP: list[Variant] = [Variant("pixelhvae", "amim", {"optimizer": "adam-nor
 
 #: The warm-up's length (the reference warms up over 100 epochs, 50,000 steps; the screen over 2 epochs,
 #: 100 steps): A-MIM with beta warmed up over 8 epochs, trained for 16, so that as many epochs at full
-#: weight follow the warm-up (9) as in the screen. A longer budget: read in its own section, not in the screen.
-WARMUP: list[Variant] = [Variant("pixelhvae", "amim", {"warmup_epochs": 8}, {"max_epochs": 16})]
+#: weight follow the warm-up (9) as in the screen, under each warm-up placement (with ``rescale`` the
+#: warm-up only rescales A-MIM's loss; with ``reference`` it weakens log p(z2)). A longer budget: read in
+#: its own section, not in the screen.
+WARMUP: list[Variant] = [Variant("pixelhvae", "amim", {"warmup_epochs": 8}, {"max_epochs": 16}),
+                         Variant("pixelhvae", "amim", {"mim_warmup": "reference", "warmup_epochs": 8}, {"max_epochs": 16})]
 
 #: Every variant of chapter 07, in the order it shows them.
 VARIANTS: list[Variant] = [*SCREEN, *FOLLOW_UP]
@@ -219,23 +222,28 @@ def recorded_seeds(variant: Variant, records_dir, preset: str = "screen", seeds:
 def seed_study(per_cell: list[tuple[Variant, list[int]]], preset: str = "screen", **kwargs: Any
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, histories) of every (variant, seeds) of ``per_cell`` (trained, or read from
-    ``records_dir``: ``kwargs`` go to :func:`run_variants`): one results row per run, with the rate and
-    E log p(z) of its last epoch's training batches (:func:`rate`, :func:`log_prior`), and one history
-    row per run and epoch, with its rate and E log p(z) and the epoch counted from the warm-up's end
-    (:func:`after_warmup`)."""
+    ``records_dir``: ``kwargs`` go to :func:`run_variants`): one results row per run, with the
+    :func:`last_epoch_readouts` of its last epoch's training batches, and one history row per run and
+    epoch, with the same readouts and the epoch counted from the warm-up's end (:func:`after_warmup`)."""
     parts, hists = [], []
     for v, seeds in per_cell:
         if not seeds:
             continue
         study = run_variants([v], preset, seeds=tuple(seeds), **kwargs)
         h = study.history
-        hists.append(h.assign(rate=rate(h), log_pz=log_prior(h), after_warmup=after_warmup(h)))
+        hists.append(h.assign(rate=rate(h), log_pz=log_prior(h), log_qzx=log_posterior(h),
+                              after_warmup=after_warmup(h)))
         last = h.sort_values("epoch").groupby(["variant", "seed"]).tail(1).set_index(["variant", "seed"])
-        parts.append(study.results.join(pd.DataFrame({"rate": rate(last), "log_pz": log_prior(last)}),
-                                        on=["variant", "seed"]))
+        parts.append(study.results.join(last_epoch_readouts(last), on=["variant", "seed"]))
     if not parts:
         return pd.DataFrame(), pd.DataFrame()
     return pd.concat(parts, ignore_index=True), pd.concat(hists, ignore_index=True)
+
+
+def last_epoch_readouts(last: pd.DataFrame) -> pd.DataFrame:
+    """``rate``, ``log_pz`` and ``log_qzx`` (:func:`rate`, :func:`log_prior`, :func:`log_posterior`) of
+    history rows ``last`` (one per run: its last epoch), with their index."""
+    return pd.DataFrame({"rate": rate(last), "log_pz": log_prior(last), "log_qzx": log_posterior(last)})
 
 
 def seed_runs(per_cell: list[tuple[Variant, list[int]]], preset: str = "screen", **kwargs: Any) -> pd.DataFrame:
@@ -370,6 +378,12 @@ def _term(history: pd.DataFrame, name: str) -> pd.Series:
 def log_prior(history: pd.DataFrame) -> pd.Series:
     """Per epoch: the mean log p(z) of that epoch's encoder-sampled training codes (nats)."""
     return _term(history, "log p(z)")
+
+
+def log_posterior(history: pd.DataFrame) -> pd.Series:
+    """Per epoch: the mean log q(z|x) of that epoch's encoder-sampled training codes (nats; minus the
+    encoder's entropy, at most :func:`log_prior_ceiling` under the log-variance clip)."""
+    return _term(history, "log q(z|x)")
 
 
 def rate(history: pd.DataFrame) -> pd.Series:

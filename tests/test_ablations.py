@@ -42,12 +42,17 @@ def test_variant_rejects_unknown_factors_and_models():
 
 
 def test_a_budget_variant_is_its_own_run_and_its_command_gives_its_config():
-    (v,) = A.WARMUP
+    v, ref = A.WARMUP
     cfg = A.config_of(v)
     assert (cfg.warmup_epochs, cfg.max_epochs) == (8, 16) and v.label == "A-MIM warmup_epochs=8 max_epochs=16"
+    assert A.config_of(ref).mim_warmup == "reference" and A.config_of(ref).max_epochs == 16
     assert A.config_of(A.Variant("pixelhvae", "amim")).max_epochs == 10   # the screen's, as FACTORS says
-    parsed, _ = image_cli.parse_command_line(A.command(v).split()[3:])
-    assert parsed == cfg and S.run_name(cfg) != S.run_name(A.config_of(A.Variant("pixelhvae", "amim")))
+    names = {S.run_name(A.config_of(A.Variant("pixelhvae", "amim")))}
+    for w in A.WARMUP:
+        parsed, _ = image_cli.parse_command_line(A.command(w).split()[3:])
+        assert parsed == A.config_of(w)
+        names.add(S.run_name(parsed))
+    assert len(names) == 3
     with pytest.raises(ValueError, match="budget sets only"):
         A.Variant("pixelhvae", "amim", budget={"lr": 1})
     # not a factor of the screen: a budget variant is not pooled into its cells

@@ -87,6 +87,20 @@ def test_mim_encoder_term_closed_form(lg, x_point):
     assert abs(mean - exact) < 4 * se, (mean, exact, se)
 
 
+def test_amim_is_the_vae_plus_the_encoder_entropy(lg, x_point):
+    """Chapter 07's proposition: per sample (same z), l_A-MIM = l_VAE - log q(z|x) exactly; in expectation
+    L_A-MIM - L_VAE = H(q(z|x)), the encoder's entropy (closed form)."""
+    x = x_point.expand(N_MC, -1)
+    torch.manual_seed(7)
+    a = objectives.amim(lg, x)
+    torch.manual_seed(7)
+    v = objectives.vae(lg, x)
+    assert torch.equal(a.terms["enc/log q(z|x)"], v.terms["log q(z|x)"])      # the same codes
+    assert torch.allclose(a.value, v.value - v.terms["log q(z|x)"], rtol=0, atol=1e-12)
+    mean, se = _mc((a.value - v.value).detach())
+    assert abs(mean - lg.encoder_entropy().item()) < 4 * se, (mean, lg.encoder_entropy().item(), se)
+
+
 def test_mim_is_average_of_encoder_and_decoder_terms(lg, x_point):
     """E[mim] = 1/2 (encoder term at x + decoder term, line 11), closed form for both."""
     x = x_point.expand(N_MC, -1)
