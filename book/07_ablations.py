@@ -26,8 +26,8 @@
 # (seraphlabs-ca/MIM) in several places the paper does not mention. This chapter turns each difference
 # into a named option of `mimlib`, trains the options against each other at one short budget per
 # model, equal for all of a model's variants, and reads off which of them move the two failures. It is
-# a *screen*: 200 (convHVAE) or 500 (PixelHVAE) optimiser steps per run, one seed per variant and three
-# for the four cells its conclusion rests on. What it settles, and what it leaves for longer runs, is
+# a *screen*: 200 (convHVAE) or 500 (PixelHVAE) optimiser steps per run, one seed per variant, four
+# for the four cells its conclusion rests on and two for A-MIM at the book's levels. What it settles, and what it leaves for longer runs, is
 # stated at the end.
 #
 # :::{admonition} Which run produced the outputs on this page
@@ -403,8 +403,8 @@ for factor in ("pseudo_init", "optimizer"):
 runs = pd.concat([res, rep, amim], ignore_index=True).drop_duplicates("run")
 for (model, objective), g in runs.groupby(["model", "objective"], sort=False):
     below = ceiling - g.log_qzx
-    print(f"{model:9s} {objective.upper():5s} {len(g):2d} runs: E log q(z|x) {below.min():6.1f} to "
-          f"{below.max():6.1f} nats below the ceiling; 5-NN (sampled) {g.knn5.min():.2f} to {g.knn5.max():.2f}")
+    print(f"{model:9s} {objective.upper():5s} {len(g):2d} runs: E log q(z|x) {below.min():.1f}-{below.max():.1f} "
+          f"nats below the ceiling; 5-NN (sampled) {g.knn5.min():.2f}-{g.knn5.max():.2f}")
 
 # %% [markdown]
 # **What this means for the collapse.** A-MIM rewards a sharper encoder without limit short of the clip,
@@ -457,28 +457,32 @@ def warm_seeds(v: ablations.Variant) -> list[int]:
     return rep_seeds or ablations.recorded_seeds(v, records_dir, preset, **smoke)
 
 
-warm_cells = [ablations.Variant("pixelhvae", "amim"), ablations.Variant("pixelhvae", "amim", {"mim_warmup": "reference"}),
-              *ablations.WARMUP]
+short = [ablations.Variant("pixelhvae", "amim", changes) for changes in ({}, {"mim_warmup": "reference"})]
+warm_cells = [*short, *ablations.WARMUP]   # the screen's warm-up (2 epochs) and the long one (8), each placement
 warm, warm_hist = ablations.seed_study([(v, warm_seeds(v)) for v in warm_cells], preset, **where)
 for v in warm_cells:
-    print(f"{v.model:9s} {v.label:45s} seeds {warm_seeds(v)}  {ablations.command(v, preset)}")
+    print(f"{v.label:58s} seeds {warm_seeds(v)}")
+    if not warm_seeds(v):
+        print(f"  not yet run: {ablations.command(v, preset)}")
 # every run this page shows, once: the screen's, the replications' and the longer warm-up's
-path = write_results(pd.concat([res, rep, amim, warm], ignore_index=True).drop_duplicates("run"), results_dir,
-                     "ablations" if preset == "screen" else f"ablations-{preset}")
+every_run = pd.concat([res, rep, amim, warm], ignore_index=True).drop_duplicates("run")
+path = write_results(every_run, results_dir, "ablations" if preset == "screen" else f"ablations-{preset}")
 print(f"wrote {path}")
 
 # %% [markdown]
-# Each run's readouts at its last epoch, the epoch at which its collapse began (as in *What the screen
-# says* below: the first epoch from which on the rate stays below half its value at the first epoch at
-# full weight) and how many epochs at full weight came before it:
+# Each run (by warm-up placement, warm-up epochs and seed): its epochs, the epoch at which its collapse
+# began (`onset`, as in *What the screen says* below: the first epoch from which on the rate stays
+# below half its value at the first epoch at full weight), how many epochs at full weight came before
+# it (`at_beta_1`), and its readouts at the last epoch:
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
 if len(warm):
     onsets = {k: ablations.collapse_onset(h) for k, h in warm_hist.groupby(["variant", "seed"])}
     warm["onset"] = pd.array([onsets[(r.variant, r.seed)] for r in warm.itertuples()], dtype="Int64")
-    warm["full_weight_before"] = warm.onset - warm.warmup_epochs
-    cols = ["epochs", "warmup_epochs", "onset", "full_weight_before", *amim_metrics, "log_qzx"]
-    print(warm.set_index(["variant", "seed"]).sort_index()[cols].round(2).to_string(na_rep="none"))
+    warm["at_beta_1"] = warm.onset - warm.warmup_epochs   # epochs at full weight before the onset
+    cols = ["epochs", "onset", "at_beta_1", "knn5", "knn5_mean", "active_z2", "rate", "log_pz", "log_qzx"]
+    by = ["mim_warmup", "warmup_epochs", "seed"]
+    print(warm.set_index(by).sort_index()[cols].round(2).to_string(na_rep="none"))
 
 # %% [markdown]
 # The rate and the learning-curve 5-NN accuracy against the epochs since $\beta$ reached 1 (the
