@@ -29,7 +29,7 @@ from .nets.hvae import LOGVAR_MIN
 from .records import read_evaluation, read_record
 from .seeds import seed_summary
 
-__all__ = ["Variant", "FACTORS", "BUDGET_FIELDS", "SCREEN", "FOLLOW_UP", "WARMUP", "VARIANTS", "ANALYSES", "REPLICATED", "ADOPTED", "READOUT_NAMES", "summary_lines", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
+__all__ = ["Variant", "FACTORS", "BUDGET_FIELDS", "SCREEN", "FOLLOW_UP", "WARMUP", "AMIM_CONVHVAE", "VARIANTS", "ANALYSES", "REPLICATED", "ADOPTED", "READOUT_NAMES", "summary_lines", "REPLICATED_AMIM", "seed_runs", "recorded_seeds",
            "seed_summary", "objective_gap", "at_book_levels", "SMOKE_OVERRIDES", "config_of", "command", "run_variants", "recorded", "choose", "contrasts", "effects", "rate", "log_prior",
            "log_prior_ceiling", "log_posterior", "last_epoch_readouts", "collapse_onset", "after_warmup", "seed_study"]
 
@@ -103,6 +103,11 @@ FOLLOW_UP: list[Variant] = [Variant("pixelhvae", "amim", {"optimizer": "adam-nor
 #: its own section, not in the screen.
 WARMUP: list[Variant] = [Variant("pixelhvae", "amim", {"warmup_epochs": 8}, {"max_epochs": 16}),
                          Variant("pixelhvae", "amim", {"mim_warmup": "reference", "warmup_epochs": 8}, {"max_epochs": 16})]
+
+#: A-MIM with the convHVAE's factorised decoder instead of the PixelCNN (the screen's convHVAE budget): a
+#: test of chapter 07's reading of A-MIM's collapse (its proposition), which puts it down to a decoder that
+#: can model the images without a code.
+AMIM_CONVHVAE: Variant = Variant("convhvae", "amim")
 
 #: Every variant of chapter 07, in the order it shows them.
 VARIANTS: list[Variant] = [*SCREEN, *FOLLOW_UP]
