@@ -466,13 +466,14 @@ def warm_seeds(v: ablations.Variant) -> list[int]:
     return rep_seeds or ablations.recorded_seeds(v, records_dir, preset, **smoke)
 
 
-short = [ablations.Variant("pixelhvae", "amim", changes) for changes in ({}, {"mim_warmup": "reference"})]
-warm_cells = [*short, *ablations.WARMUP]   # the screen's warm-up (2 epochs) and the long one (8), each placement
+screen_warmup = [ablations.Variant("pixelhvae", "amim", changes) for changes in ({}, {"mim_warmup": "reference"})]
+warm_cells = [*screen_warmup, *ablations.WARMUP]   # the screen's warm-up (2 epochs) and the long one (8), each placement
 warm, warm_hist = ablations.seed_study([(v, warm_seeds(v)) for v in warm_cells], preset, **where)
 for v in warm_cells:
     print(f"{v.label:58s} seeds {warm_seeds(v)}")
     if not warm_seeds(v):
-        print(f"  not yet run: {ablations.command(v, preset)}")
+        print(f"  {'not run with the smoke preset' if preset == 'smoke' else 'not yet run'}: "
+              f"{ablations.command(v, preset)}")
 # every run this page shows, once: the screen's, the replications' and the longer warm-up's
 every_run = pd.concat([res, rep, amim, dec, warm], ignore_index=True).drop_duplicates("run")
 path = write_results(every_run, results_dir, "ablations" if preset == "screen" else f"ablations-{preset}")
@@ -480,18 +481,19 @@ print(f"wrote {path}")
 
 # %% [markdown]
 # Each run (by warm-up placement, warm-up epochs and seed): its epochs, the epoch at which its collapse
-# began (`onset`, as in *What the screen says* below: the first epoch from which on the rate stays
-# below half its value at the first epoch at full weight), how many epochs at full weight came before
-# it (`at_beta_1`), and its readouts at the last epoch:
+# began (`onset`: the first epoch from which on the rate stays below half the run's highest rate; the
+# screen's definition below counts from the first epoch at full weight, which misses a collapse that
+# begins during a long warm-up), the weight $\beta$ of that epoch (`beta_onset`), and its readouts at
+# the last epoch:
 
 # %% tags=["NBVAL_CHECK_OUTPUT"]
 if len(warm):
-    onsets = {k: ablations.collapse_onset(h) for k, h in warm_hist.groupby(["variant", "seed"])}
-    warm["onset"] = pd.array([onsets[(r.variant, r.seed)] for r in warm.itertuples()], dtype="Int64")
-    warm["at_beta_1"] = warm.onset - warm.warmup_epochs   # epochs at full weight before the onset
-    cols = ["epochs", "onset", "at_beta_1", "knn5", "knn5_mean", "active_z2", "rate", "log_pz", "log_qzx"]
-    by = ["mim_warmup", "warmup_epochs", "seed"]
-    print(warm.set_index(by).sort_index()[cols].round(2).to_string(na_rep="none"))
+    onsets = {k: ablations.collapse_onset(h, since="peak") for k, h in warm_hist.groupby(["variant", "seed"])}
+    warm["onset"] = [onsets[(r.variant, r.seed)] for r in warm.itertuples()]
+    warm["beta_onset"] = [min(1.0, o / w) if o else None for o, w in zip(warm.onset, warm.warmup_epochs)]
+    cols = ["epochs", "onset", "beta_onset", "knn5", "knn5_mean", "active_z2", "rate", "log_pz", "log_qzx"]
+    warm_table = warm.set_index(["mim_warmup", "warmup_epochs", "seed"]).sort_index()[cols].round(2)
+    print(warm_table.astype(object).fillna("none").to_string())
 
 # %% [markdown]
 # The rate and the learning-curve 5-NN accuracy against the epochs since $\beta$ reached 1 (the

@@ -263,14 +263,21 @@ def after_warmup(history: pd.DataFrame) -> pd.Series:
     return history["epoch"] + 1 - history["warmup_epochs"].clip(lower=1)
 
 
-def collapse_onset(history: pd.DataFrame) -> int | None:
+def collapse_onset(history: pd.DataFrame, since: str = "full_weight") -> int | None:
     """The first epoch (1-based) of one run's ``history`` from which on the rate of the encoder-sampled
-    batches (:func:`rate`) stays below half its value at the first epoch at full weight, the onset of
-    the collapse; None if it never does. Needs the ``warmup_epochs`` column."""
+    batches (:func:`rate`) stays below half a reference value, the onset of the collapse; None if it
+    never does. ``since="full_weight"``: the reference is the rate at the first epoch at full weight
+    (needs the ``warmup_epochs`` column); ``"peak"``: the run's highest rate (a rate that falls during
+    a long warm-up counts from where it fell)."""
     h = history.sort_values("epoch")
     r = rate(h).to_numpy()
-    first_full = max(int(h["warmup_epochs"].iloc[0]), 1) - 1
-    stays = [i for i in range(first_full + 1, len(r)) if (r[i:] < 0.5 * r[first_full]).all()]
+    if since == "full_weight":
+        start = max(int(h["warmup_epochs"].iloc[0]), 1) - 1
+    elif since == "peak":
+        start = int(np.argmax(r))
+    else:
+        raise ValueError(f"since must be 'full_weight' or 'peak', got {since!r}")
+    stays = [i for i in range(start + 1, len(r)) if (r[i:] < 0.5 * r[start]).all()]
     return int(h["epoch"].iloc[stays[0]]) + 1 if stays else None
 
 

@@ -70,7 +70,13 @@ def test_collapse_onset_and_epochs_after_the_warmup():
     assert A.collapse_onset(h) == 6
     assert A.collapse_onset(history([20.0, 10.0, 9.0, 8.0], warmup=2)) is None
     assert A.collapse_onset(history([20.0, 10.0, 9.0, 1.0], warmup=1)) == 3  # reference: the 1st epoch (20)
-    assert A.collapse_onset(h.sample(frac=1, random_state=0)) == 6         # order of rows does not matter
+    assert A.collapse_onset(h.sample(frac=1, random_state=0)) == 6
+    # a rate that falls during a long warm-up: from its peak (epoch 2, rate 30) it stays below 15 from the
+    # 4th epoch on, while against the first epoch at full weight (the 5th, rate 8) it never halves
+    long = history([20.0, 30.0, 16.0, 12.0, 8.0, 7.0, 6.0], warmup=5)
+    assert A.collapse_onset(long, since="peak") == 4 and A.collapse_onset(long) is None
+    with pytest.raises(ValueError, match="since must be"):
+        A.collapse_onset(long, since="end")         # order of rows does not matter
     assert list(A.after_warmup(h)) == [-1, 0, 1, 2, 3, 4, 5]
     assert list(A.after_warmup(history([1.0] * 3, warmup=0))) == [0, 1, 2]   # no warm-up: weight 1 at once
 
