@@ -456,8 +456,8 @@ for (model, objective), g in runs.groupby(["model", "objective"], sort=False):
 # each placement; every other setting is at the book's levels. With the screen's cells of each
 # placement they make a 2 x 2 of placement and warm-up length. Their budget is longer than the
 # screen's (800 steps instead of 500), so they are not pooled with it: each run is read epoch by epoch,
-# counting epochs from the first one at full weight, at the seeds where it has run (with the smoke
-# preset only the book's levels run: 16 epochs would double the chapter's CI time):
+# at the seeds where it has run (with the smoke preset only the book's levels run: 16 epochs would
+# double the chapter's CI time):
 
 # %% tags=["NBVAL_IGNORE_OUTPUT"]
 def warm_seeds(v: ablations.Variant) -> list[int]:
@@ -496,33 +496,35 @@ if len(warm):
     print(warm_table.astype(object).fillna("none").to_string())
 
 # %% [markdown]
-# The rate and the learning-curve 5-NN accuracy against the epochs since $\beta$ reached 1 (the
-# dotted line; one line per run):
+# The learning-curve 5-NN accuracy, the rate and $\mathbb{E}\log q_\theta(z|x)$ of each run, epoch by
+# epoch; the dotted lines mark the first epoch at full weight of each warm-up (2 and 8):
 
 # %%
 if len(warm_hist):
     plot_variant_curves(warm_hist.assign(seed=warm_hist.seed.map("seed {}".format)),
                         {"curve_knn": "curve 5-NN (mean codes)", "rate": "rate (nats)",
-                         "log_pz": "E log p(z) (nats)"}, x="after_warmup",
-                        xlabel="epochs since beta reached 1", style="seed", vline=0,
-                        hlines={"log_pz": (ceiling, "ceiling")}, title="PixelHVAE (VP), A-MIM: warm-up length")
+                         "log_qzx": "E log q(z|x) (nats)"}, style="seed",
+                        vlines=tuple(sorted(set(warm_hist.warmup_epochs))),
+                        hlines={"log_qzx": (ceiling, "ceiling")}, title="PixelHVAE (VP), A-MIM: warm-up length")
     plt.show()
 
 # %% [markdown]
 # ## Per epoch
 #
 # The learning-curve 5-NN accuracy (mean codes of 2,000 training and 500 validation images, after every
-# epoch), the rate and $\mathbb{E}\log p_\theta(z)$ of each epoch's training batches, with the ceiling
-# of the last as a dashed line.
+# epoch), the rate, $\mathbb{E}\log p_\theta(z)$ and $\mathbb{E}\log q_\theta(z|x)$ of each epoch's
+# training batches, with the ceiling of the last two as a dashed line.
 
 # %%
-curves = hist.assign(rate=ablations.rate(hist), log_pz=ablations.log_prior(hist))
+curves = hist.assign(rate=ablations.rate(hist), log_pz=ablations.log_prior(hist),
+                     log_qzx=ablations.log_posterior(hist))
+panels = {"curve_knn": "curve 5-NN (mean codes)", "rate": "rate (nats)", "log_pz": "E log p(z) (nats)",
+          "log_qzx": "E log q(z|x) (nats)"}
+at_ceiling = {"log_pz": (ceiling, "ceiling"), "log_qzx": (ceiling, "ceiling")}
 for model, title in (("pixelhvae", "PixelHVAE (VP), A-MIM"), ("convhvae", "convHVAE (VP), MIM and VAE")):
     part = curves[curves.model == model]
     if len(part):
-        plot_variant_curves(part, {"curve_knn": "curve 5-NN (mean codes)", "rate": "rate (nats)",
-                                   "log_pz": "E log p(z) (nats)"},
-                            hlines={"log_pz": (ceiling, "ceiling")}, title=title)
+        plot_variant_curves(part, panels, hlines=at_ceiling, title=title)
         plt.show()
 
 # %% [markdown]

@@ -109,17 +109,17 @@ def plot_metric_sweep(results: pd.DataFrame, metrics: list[str], reference: pd.D
 def plot_variant_curves(history: pd.DataFrame, metrics: dict[str, str], hue: str = "variant",
                         hlines: dict[str, tuple[float, str]] | None = None, title: str | None = None,
                         x: str = "epoch", xlabel: str = "epoch", style: str | None = None,
-                        vline: float | None = None):
+                        vlines: tuple[float, ...] = ()):
     """Chapter 07: each history column of ``metrics`` (column -> axis label) against ``x`` (the 1-based
     epoch by default), one line per ``hue`` value (and ``style`` value: each drawn alone, e.g. one per
-    seed); ``hlines[column] = (value, label)`` adds a dashed reference line, ``vline`` a dotted vertical one."""
+    seed); ``hlines[column] = (value, label)`` adds a dashed reference line, ``vlines`` dotted vertical ones."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.5 * len(metrics), 3.0), squeeze=False)
     h = history.assign(epoch=history["epoch"] + 1)
     for ax, (col, label) in zip(axes[0], metrics.items()):
         sns.lineplot(data=h, x=x, y=col, hue=hue, style=style or hue, markers=True, dashes=style is not None,
                      ax=ax, legend=ax is axes[0, 0], estimator=None if style else "mean")
-        if vline is not None:
-            ax.axvline(vline, color="0.4", ls=":", lw=1)
+        for v in vlines:
+            ax.axvline(v, color="0.4", ls=":", lw=1)
         if hlines and col in hlines:
             value, text = hlines[col]
             ax.axhline(value, color="k", ls="--", lw=1)
